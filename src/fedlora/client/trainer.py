@@ -1,0 +1,318 @@
+"""Local training of one simulated client on a shared, frozen base model.
+
+One base model per process; a client is a plan plus adapter state, never a model copy. For each
+``train`` call the trainer installs PEFT LoRA layers shaped by ``payload.plan`` (per-module rank
+and alpha) in place, loads the payload's factors (fresh modules from
+``fedlora.lora.linalg.init_lora_factors``), trains ``local_steps`` optimizer steps, reads the
+trained factors back and removes the layers, so nothing leaks into the next client and memory
+stays flat as clients grow (PEFT's layer objects are pooled and re-used, without their weights:
+:class:`fedlora.client.layer_pool.LoraLayerPool`). FLoRA's ``base_delta`` is merged into the base weights once per
+``base_delta_version`` (:class:`fedlora.client.base_delta.BaseDelta`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+from fedlora.client.base_delta import BaseDelta
+from fedlora.client.layer_pool import LoraLayerPool
+from fedlora.client.peft_bridge import ADAPTER_NAME, plan_of_adapter
+from fedlora.data.example import Example
+from fedlora.data.formatting import IGNORE_INDEX, collate, encode_example
+from fedlora.lora.factors import Adapter, LoraFactors, Update
+from fedlora.lora.linalg import init_lora_factors, rescale_alpha, truncate_rank
+from fedlora.strategies.base import Payload
+
+__all__ = ["TrainConfig", "LocalTrainer"]
+
+_OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training settings, the same for every client of a run.
+
+    Attributes:
+        local_steps: optimizer steps per client per round (batches cycle through the local data).
+        batch_size: examples per step (capped at the client's number of examples).
+        lr: learning rate of the LoRA parameters (constant).
+        max_length: maximum tokens per training example (prompt cut in the middle first).
+        weight_decay: decoupled weight decay (AdamW) or L2 (SGD) on the LoRA parameters.
+        grad_clip: max global gradient norm; ``None`` or 0 disables clipping.
+        optimizer: ``"adamw"`` or ``"sgd"``; a fresh optimizer state per client and round.
+        grad_checkpointing: recompute activations in the backward pass (less memory, ~30% slower).
+        dropout: LoRA dropout on the adapter input.
+    """
+
+    local_steps: int = 10
+    batch_size: int = 4
+    lr: float = 3e-4
+    max_length: int = 256
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    optimizer: str = "adamw"
+    grad_checkpointing: bool = False
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        errors = []
+        for name in ("local_steps", "batch_size", "max_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                errors.append(f"{name} must be an int >= 1, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            errors.append(f"lr must be a positive finite number, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            errors.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0):
+            errors.append(f"grad_clip must be None or >= 0, got {self.grad_clip!r}")
+        if self.optimizer not in _OPTIMIZERS:
+            errors.append(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            errors.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if errors:
+            raise ValueError("invalid TrainConfig:\n  - " + "\n  - ".join(errors))
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**dict(data))
+
+
+def batch_schedule(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[list[int]]:
+    """Indices of ``steps`` batches of ``min(batch_size, n)``: consecutive slices of a stream of
+    random permutations of ``range(n)`` (the data cycles, each epoch reshuffled)."""
+    size = min(batch_size, n)
+    stream: list[int] = []
+    while len(stream) < size * steps:
+        stream.extend(torch.randperm(n, generator=generator).tolist())
+    return [stream[i * size : (i + 1) * size] for i in range(steps)]
+
+
+class LocalTrainer:
+    """Trains simulated clients one after another on one shared, frozen base model.
+
+    Args:
+        model: a transformers causal LM; its parameters are frozen (``requires_grad=False``).
+        tokenizer: its tokenizer, with a pad token.
+        config: :class:`TrainConfig`.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, config: TrainConfig) -> None:
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token)")
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.model.requires_grad_(False)
+        self.base = BaseDelta(model)
+        self.layers = LoraLayerPool(model)
+        self._busy = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def train(self, payload: Payload, examples: Sequence[Example], *, client_seed: int) -> Update:
+        """Train one client from ``payload`` on ``examples``; return its update (trainable modules only).
+
+        Deterministic: the same payload, data and seed give the same update (bitwise on CPU).
+        Metrics: ``train_loss`` (mean objective over steps, incl. any HetLoRA penalty),
+        ``train_loss_first``/``train_loss_last``, ``steps``, ``seconds``, ``setup_seconds``
+        (encode + install), and ``train_penalty`` (mean HetLoRA penalty) when it applies.
+        """
+        start = time.perf_counter()
+        plan, cfg = payload.plan, self.config
+        trainable = plan.trainable_modules
+        if not trainable or not (payload.train_A or payload.train_B):
+            raise ValueError(f"client {plan.client_id!r} has nothing to train (trainable modules: {len(trainable)}, "
+                             f"train_A={payload.train_A}, train_B={payload.train_B}); give it at least one trainable factor")
+        data = self._encode(examples, plan.client_id)
+        self.base.apply(payload.base_delta, ("version", payload.base_delta_version) if payload.base_delta else None)
+        factors = self._initial_factors(payload)
+        with self._guard(), self.layers.installed(plan, factors, dropout=cfg.dropout, trainable=trainable,
+                                                  train_A=payload.train_A, train_B=payload.train_B) as layers:
+            setup = time.perf_counter() - start
+            hetlora = _hetlora_options(payload.options)
+            losses, penalties = self._loop(layers, trainable, data, hetlora, client_seed)
+            trained = {m: LoraFactors(_weight(layers[m], "lora_A"), _weight(layers[m], "lora_B"), factors[m].alpha)
+                       for m in sorted(trainable)}
+        if hetlora and hetlora["prune"]:
+            trained = _prune(trained, factors, hetlora)
+        metrics = {"train_loss": sum(losses) / len(losses), "train_loss_first": losses[0], "train_loss_last": losses[-1],
+                   "steps": float(len(losses)), "seconds": time.perf_counter() - start, "setup_seconds": setup}
+        if penalties:
+            metrics["train_penalty"] = sum(penalties) / len(penalties)
+        return Update(plan.client_id, trained, len(examples), metrics)
+
+    @contextmanager
+    def use_adapter(self, adapter: Mapping[str, LoraFactors] | None, *, base_delta: Adapter | None = None,
+                    base_delta_version: int | None = None) -> Iterator[torch.nn.Module]:
+        """Install ``adapter`` (any per-module ranks/alphas, frozen) for evaluation or generation.
+
+        Yields the model in eval mode; the adapter is removed on exit. ``base_delta`` is merged
+        into the base weights first (kept afterwards, like in ``train``; ``None`` restores the
+        originals). An empty adapter yields the bare (possibly delta-merged) model.
+        """
+        key = None if not base_delta else ("version", base_delta_version) if base_delta_version is not None else None
+        self.base.apply(base_delta, key)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self._guard():
+                if not adapter:
+                    yield self.model
+                else:
+                    with self.layers.installed(plan_of_adapter(adapter), adapter):
+                        yield self.model
+        finally:
+            self.model.train(was_training)
+
+    def restore_base(self) -> None:
+        """Bring back the original base weights (undo any merged ``base_delta``), bitwise."""
+        self.base.restore()
+
+    # ------------------------------------------------------------------ internals
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        if self._busy:
+            raise RuntimeError("an adapter is already installed on the shared model (nested train/use_adapter); "
+                               "finish the use_adapter block before training or installing another adapter")
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
+
+    def _encode(self, examples: Sequence[Example], client_id: str) -> list[dict[str, list[int]]]:
+        if not examples:
+            raise ValueError(f"client {client_id!r} has no training examples; drop it from the round or give it data")
+        encoded = [encode_example(self.tokenizer, ex, self.config.max_length) for ex in examples]
+        usable = [e for e in encoded if any(t != IGNORE_INDEX for t in e["labels"])]
+        if not usable:
+            raise ValueError(f"client {client_id!r}: no example keeps an answer token within max_length="
+                             f"{self.config.max_length}; raise max_length")
+        return usable
+
+    def _initial_factors(self, payload: Payload) -> Adapter:
+        """Payload factors expressed at the plan's alpha, fresh inits for the rest."""
+        plan, out = payload.plan, {}
+        for m in sorted(plan.ranks):
+            r, alpha = int(plan.ranks[m]), float(plan.alphas[m])
+            f = payload.init.get(m)
+            if f is None:
+                base = self.model.get_submodule(m) if _has_module(self.model, m) else None
+                if base is None or not hasattr(base, "in_features"):
+                    raise ValueError(f"plan of client {plan.client_id!r}: module {m!r} is not a linear module of the model; "
+                                     "use full paths from model.named_modules() (see fedlora.models.model_spec)")
+                f = init_lora_factors(base.out_features, base.in_features, r, alpha, payload.seed, m)
+            elif f.rank != r:
+                raise ValueError(f"client {plan.client_id!r}, module {m!r}: payload.init has rank {f.rank} but the plan "
+                                 f"says {r}; the strategy must send factors at the planned rank")
+            elif float(f.alpha) != alpha:
+                f = rescale_alpha(f, alpha)
+            out[m] = f
+        return out
+
+    def _loop(self, layers, trainable, data, hetlora, client_seed: int) -> tuple[list[float], list[float]]:
+        cfg, model = self.config, self.model
+        params = [p for m in sorted(trainable) for p in layers[m].parameters() if p.requires_grad]
+        optimizer = _make_optimizer(cfg, params)
+        batches = batch_schedule(len(data), cfg.batch_size, cfg.local_steps, torch.Generator().manual_seed(client_seed))
+        pad_id, device = self.tokenizer.pad_token_id, self.device
+        losses, penalties = [], []
+        with _training_mode(model, cfg.grad_checkpointing), _seeded(client_seed, device):
+            for idx in batches:
+                batch = {k: v.to(device) for k, v in collate([data[i] for i in idx], pad_id).items()}
+                loss = model(**batch, use_cache=False).loss
+                if hetlora and hetlora["lambda"] > 0:
+                    penalty = sum(_tail_penalty(layers[m], hetlora["gamma"]) for m in sorted(trainable))
+                    penalties.append(float(penalty.detach()))
+                    loss = loss + hetlora["lambda"] * penalty
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+        return losses, penalties
+
+
+def _has_module(model: torch.nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def _weight(layer, name: str) -> torch.Tensor:
+    return getattr(layer, name)[ADAPTER_NAME].weight.detach().to("cpu", torch.float32).clone()
+
+
+def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@contextmanager
+def _training_mode(model: torch.nn.Module, grad_checkpointing: bool) -> Iterator[None]:
+    was_training = model.training
+    model.train()
+    new_api = hasattr(model, "activation_checkpointing_enable")  # transformers >= 5 renamed it
+    if grad_checkpointing and new_api:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        if grad_checkpointing:
+            model.activation_checkpointing_disable() if new_api else model.gradient_checkpointing_disable()
+        model.train(was_training)
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the global RNG (dropout) for the block, restoring the caller's RNG state after."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _hetlora_options(options: Mapping) -> dict | None:
+    if not any(k.startswith("hetlora_") for k in options):
+        return None
+    return {"gamma": float(options.get("hetlora_gamma", 0.99)), "lambda": float(options.get("hetlora_lambda", 0.0)),
+            "prune": bool(options.get("hetlora_prune", False)), "threshold": options.get("hetlora_prune_threshold")}
+
+
+def _tail_penalty(layer, gamma: float) -> torch.Tensor:
+    from fedlora.strategies.hetlora import tail_norm_penalty
+
+    return tail_norm_penalty(layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight, gamma)
+
+
+def _prune(trained: Adapter, initial: Adapter, hetlora: dict) -> Adapter:
+    """HetLoRA self-pruning: shrink a module's rank when its tail norm fell below the threshold
+    (``hetlora_prune_threshold``, else the tail norm the client started from). Scale kept."""
+    from fedlora.strategies.hetlora import prune_rank, tail_norm_penalty
+
+    out = {}
+    for m, f in trained.items():
+        threshold = hetlora["threshold"]
+        if threshold is None:
+            threshold = float(tail_norm_penalty(initial[m].A.float(), initial[m].B.float(), hetlora["gamma"]))
+        r = prune_rank(f.A, f.B, hetlora["gamma"], float(threshold))
+        out[m] = truncate_rank(f, r) if r < f.rank else f
+    return out
