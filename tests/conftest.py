@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from fedlora.testing import tiny_llama, tiny_tokenizer
+
+# Tiny models gain nothing from intra-op threads, and spinning OpenMP threads slow tests badly
+# when the cores are shared (CI runners, parallel jobs).
+torch.set_num_threads(1)
 
 
 @pytest.fixture
