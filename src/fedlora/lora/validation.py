@@ -1,0 +1,125 @@
+"""Checks a client's update against the plan it was sent, before any aggregation (torch only).
+
+Nothing is broadcast, truncated or cast silently: an update that does not match its plan exactly
+raises :class:`InvalidUpdateError`, and strategies move it to ``RoundResult.rejected``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Mapping
+
+import torch
+
+from fedlora.allocation.plan import ClientPlan
+from fedlora.lora.factors import LoraFactors, Update
+
+__all__ = ["InvalidUpdateError", "validate_update"]
+
+
+class InvalidUpdateError(ValueError):
+    """A client's update does not match its plan.
+
+    Attributes:
+        client_id: the client that sent it.
+        module: the offending module path, or ``None`` for update-level problems.
+        problem: what is wrong, with the value found.
+        remedy: how to fix it.
+    """
+
+    def __init__(self, client_id: str, module: str | None, problem: str, remedy: str = "") -> None:
+        self.client_id = client_id
+        self.module = module
+        self.problem = problem
+        self.remedy = remedy
+        where = f"module {module!r}" if module is not None else "update"
+        message = f"client {client_id!r}, {where}: {problem}"
+        super().__init__(f"{message}. {remedy}" if remedy else message)
+
+
+def validate_update(
+    update: Update,
+    plan: ClientPlan,
+    *,
+    expected_shapes: Mapping[str, tuple[int, int]] | None = None,
+    train_A: bool = True,
+    expected_A: Mapping[str, torch.Tensor] | None = None,
+    exact_rank: bool = False,
+) -> None:
+    """Raise :class:`InvalidUpdateError` on the first mismatch between ``update`` and ``plan``.
+
+    Args:
+        update: what the client sent.
+        plan: the plan sent to that client this round.
+        expected_shapes: module -> ``(d_out, d_in)`` of the base layer, where known.
+        train_A: ``False`` when ``A`` was frozen (FFA-LoRA): then ``A`` must equal ``expected_A``.
+        expected_A: module -> the frozen ``A`` at the plan's rank (rows beyond the update's rank ignored).
+        exact_rank: require rank == plan rank (FedAvg-style methods); otherwise a lower rank is
+            allowed (HetLoRA self-pruning) and only a higher one is rejected.
+
+    Checks, in order: client id, ``num_examples > 0``, unknown modules, missing trainable modules,
+    then per module: factor type, dtype (real floating point), 2-D shapes with matching rank,
+    rank vs plan, ``(d_out, d_in)`` vs ``expected_shapes``, positive finite alpha, NaN/Inf, frozen ``A``.
+    """
+    cid = update.client_id
+    if cid != plan.client_id:
+        raise InvalidUpdateError(cid, None, f"validated against the plan of client {plan.client_id!r}", "pass the plan sent to this client")
+    n = update.num_examples
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
+        raise InvalidUpdateError(cid, None, f"num_examples must be a positive int, got {n!r}", "report the number of local training examples")
+    unknown = sorted(set(update.factors) - set(plan.ranks))
+    if unknown:
+        raise InvalidUpdateError(cid, unknown[0], f"module is not in the client's plan ({len(unknown)} unknown: {unknown[:3]})", "send only the modules of the plan")
+    missing = sorted(plan.trainable_modules - set(update.factors))
+    if missing:
+        raise InvalidUpdateError(cid, missing[0], f"trainable module missing from the update ({len(missing)} missing: {missing[:3]})", "send every trainable module of the plan")
+    for module in sorted(update.factors):
+        _check_module(cid, module, update.factors[module], plan, expected_shapes, exact_rank)
+        if not train_A and expected_A is not None and module in expected_A:
+            _check_frozen_A(cid, module, update.factors[module].A, expected_A[module])
+
+
+def _check_module(
+    cid: str, module: str, f: LoraFactors, plan: ClientPlan, shapes: Mapping[str, tuple[int, int]] | None, exact_rank: bool
+) -> None:
+    if not isinstance(f, LoraFactors):
+        raise InvalidUpdateError(cid, module, f"expected LoraFactors, got {type(f).__name__}", "wrap A, B, alpha in fedlora.lora.LoraFactors")
+    for name, t in (("A", f.A), ("B", f.B)):
+        if not isinstance(t, torch.Tensor):
+            raise InvalidUpdateError(cid, module, f"{name} is a {type(t).__name__}, not a tensor", "send torch tensors")
+        if not t.dtype.is_floating_point:
+            raise InvalidUpdateError(cid, module, f"{name} has dtype {t.dtype}, not a real floating point type", "send float32, float16 or bfloat16 factors")
+        if t.dim() != 2:
+            raise InvalidUpdateError(cid, module, f"{name} has {t.dim()} dimensions {tuple(t.shape)}, expected 2", "A is [r, d_in], B is [d_out, r]")
+    r, r_b = f.A.shape[0], f.B.shape[1]
+    if r != r_b:
+        raise InvalidUpdateError(cid, module, f"A has {r} rows but B has {r_b} columns", "A is [r, d_in] and B is [d_out, r] with the same r")
+    planned = int(plan.ranks[module])
+    if r < 1 or r > planned or (exact_rank and r != planned):
+        rule = f"== {planned}" if exact_rank else f"in [1, {planned}]"
+        raise InvalidUpdateError(cid, module, f"rank {r} but the plan allows rank {rule}", "train at the rank of the plan sent this round")
+    if shapes is not None and module in shapes:
+        d_out, d_in = shapes[module]
+        if (f.B.shape[0], f.A.shape[1]) != (d_out, d_in):
+            raise InvalidUpdateError(
+                cid, module, f"(d_out, d_in) = {(f.B.shape[0], f.A.shape[1])}, expected {(d_out, d_in)}", "adapt the same base layer as the other clients"
+            )
+    alpha = f.alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha <= 0:
+        raise InvalidUpdateError(cid, module, f"alpha must be a positive finite number, got {alpha!r}", "send the LoRA alpha of the plan")
+    for name, t in (("A", f.A), ("B", f.B)):
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise InvalidUpdateError(cid, module, f"{name} has {bad} NaN/Inf values", "lower the learning rate or enable gradient clipping")
+
+
+def _check_frozen_A(cid: str, module: str, A: torch.Tensor, expected: torch.Tensor) -> None:
+    """``A`` must equal the frozen ``A`` up to the rounding of the update's dtype."""
+    ref = expected[: A.shape[0]].to(torch.float32)
+    if ref.shape != A.shape:
+        raise InvalidUpdateError(cid, module, f"frozen A has shape {tuple(ref.shape)}, update's A {tuple(A.shape)}", "send A unchanged")
+    tol = torch.finfo(A.dtype).eps * float(ref.abs().max()) + 1e-12
+    err = float((A.to(torch.float32) - ref).abs().max())
+    if err > tol:
+        raise InvalidUpdateError(cid, module, f"A differs from the frozen A by {err:.3g} (tolerance {tol:.3g})", "keep A frozen (payload.train_A is False) and send it unchanged")

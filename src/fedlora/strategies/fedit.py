@@ -1,0 +1,93 @@
+"""FedIT: FedAvg on the LoRA factors (Zhang et al., "Towards Building the Federated GPT: Federated
+Instruction Tuning", ICASSP 2024).
+
+Every client trains the same rank ``r`` per module. The server averages ``A`` and ``B`` separately:
+``A = Σ_k p_k A_k``, ``B = Σ_k p_k s_k B_k`` with ``p_k = n_k / Σ_j n_j`` and ``s_k = alpha_k / r``
+folded into ``B`` so clients with different alphas combine correctly (with equal alphas this is
+plain FedAvg, ``s · Σ p_k B_k``). The global state keeps ``alpha = r`` (scale 1); a client with
+alpha ``a_j`` receives ``B / s_j``. Note ``B @ A ≠ Σ p_k s_k B_k A_k`` in general: that is the
+method's known inexactness. Under heterogeneous ranks the honest baseline is everyone at the
+minimum rank; mixed ranks raise a ValueError.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from fedlora.allocation.plan import ClientPlan
+from fedlora.lora.factors import Adapter, LoraFactors, Update
+from fedlora.lora.linalg import rescale_alpha
+from fedlora.modelspec import ModelSpec
+from fedlora.strategies import _common as C
+from fedlora.strategies.base import Payload, RoundResult
+
+__all__ = ["FedIT", "fedavg_factors"]
+
+
+def fedavg_factors(factors: Sequence[LoraFactors], weights: Sequence[float]) -> LoraFactors:
+    """``A = Σ p_k A_k``, ``B = Σ p_k s_k B_k`` (float64 math), returned with ``alpha = r`` (scale 1).
+
+    All factors must share the rank ``r``: ``A_k [r, d_in]``, ``B_k [d_out, r]``.
+    """
+    A = sum(float(w) * f.A.to(torch.float64) for f, w in zip(factors, weights))
+    B = sum(float(w) * f.scale * f.B.to(torch.float64) for f, w in zip(factors, weights))
+    rank = factors[0].rank
+    return LoraFactors(A.to(C.STATE_DTYPE), B.to(C.STATE_DTYPE), float(rank))
+
+
+class FedIT:
+    """FedAvg on LoRA ``A`` and ``B`` (homogeneous rank).
+
+    Args:
+        seed: seed of the shared fresh init (round 1: every client gets the same ``A``).
+        shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
+    """
+
+    name = "fedit"
+    heterogeneous_ranks = False
+
+    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
+        self.seed = int(seed)
+        self._shapes: C.Shapes = C.normalize_shapes(shapes)
+        self._global: Adapter = {}
+        self._book = C.RoundBook()
+
+    def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
+        C.homogeneous_ranks(plans, {m: f.rank for m, f in self._global.items()}, "FedIT")
+        plans_by_id = self._book.start(server_round, plans, "FedIT")
+        return {cid: Payload(plan, init=self._init_for(plan), seed=self.seed) for cid, plan in plans_by_id.items()}
+
+    def _init_for(self, plan: ClientPlan) -> Adapter:
+        return {m: rescale_alpha(self._global[m], plan.alphas[m]) for m in plan.ranks if m in self._global}
+
+    def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
+        shapes = C.round_shapes(self._shapes, updates)
+        valid, rejected = C.validate_round(self._book, server_round, updates, "FedIT", shapes, exact_rank=True)
+        new = dict(self._global)
+        for module, group in C.by_module(valid, self._book.plans).items():
+            new[module] = fedavg_factors([f for _, f in group], C.example_weights(group))
+        self._global = new
+        self._shapes.update({m: shapes[m] for m in new})
+        return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected))
+
+    def global_adapter(self) -> Adapter:
+        """Global ``A``, ``B`` with ``alpha = r`` (scale 1): ``ΔW = B @ A``."""
+        return dict(self._global)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "global": C.adapter_to_state(self._global),
+            "shapes": C.shapes_to_state(self._shapes),
+            "book": self._book.to_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        C.check_state_name(state, self.name)
+        self.seed = int(state["seed"])
+        self._global = C.adapter_from_state(state["global"])
+        self._shapes = C.normalize_shapes(state["shapes"])
+        self._book = C.RoundBook.from_state(state["book"])

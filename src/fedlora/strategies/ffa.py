@@ -1,0 +1,98 @@
+"""FFA-LoRA (Sun et al., "Improving LoRA in Privacy-preserving Federated Learning", ICLR 2024).
+
+``A`` is frozen at a fresh init from a seed shared by every client in every round
+(:func:`fedlora.lora.linalg.init_lora_factors`, ``payload.train_A = False``); only ``B`` is trained,
+sent and averaged. With a common ``A`` the average is exact:
+``Σ_k p_k s_k B_k A = (Σ_k p_k s_k B_k) A``, so the global state is ``B = Σ p_k s_k B_k`` with
+``alpha = r`` (scale 1) and the frozen ``A``; a client with alpha ``a_j`` receives ``B / s_j``.
+After round 1 the payload's ``init`` carries the frozen ``A`` and the global ``B``.
+Homogeneous rank per module is required (a shared frozen ``A`` has one shape); an update whose
+``A`` differs from the frozen ``A`` is rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from fedlora.allocation.plan import ClientPlan
+from fedlora.lora.factors import Adapter, LoraFactors, Update
+from fedlora.lora.linalg import init_lora_factors, rescale_alpha
+from fedlora.modelspec import ModelSpec
+from fedlora.strategies import _common as C
+from fedlora.strategies.base import Payload, RoundResult
+
+__all__ = ["FFALoRA", "average_B"]
+
+
+def average_B(factors: Sequence[LoraFactors], weights: Sequence[float], frozen_A: torch.Tensor) -> LoraFactors:
+    """``B = Σ p_k s_k B_k`` (float64 math) with the frozen ``A [r, d_in]``, ``alpha = r`` (scale 1)."""
+    B = sum((float(w) * f.scale) * f.B.to(torch.float64) for f, w in zip(factors, weights))
+    return LoraFactors(frozen_A.to(C.STATE_DTYPE), B.to(C.STATE_DTYPE), float(frozen_A.shape[0]))
+
+
+class FFALoRA:
+    """FFA-LoRA: frozen shared ``A``, federated average of ``B``.
+
+    Args:
+        seed: seed of the frozen ``A`` (the same for every client and round).
+        shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
+    """
+
+    name = "ffa"
+    heterogeneous_ranks = False
+
+    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
+        self.seed = int(seed)
+        self._shapes: C.Shapes = C.normalize_shapes(shapes)
+        self._global: Adapter = {}
+        self._book = C.RoundBook()
+
+    def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
+        C.homogeneous_ranks(plans, {m: f.rank for m, f in self._global.items()}, "FFA-LoRA")
+        plans_by_id = self._book.start(server_round, plans, "FFA-LoRA")
+        return {cid: Payload(p, init=self._init_for(p), seed=self.seed, train_A=False) for cid, p in plans_by_id.items()}
+
+    def _init_for(self, plan: ClientPlan) -> Adapter:
+        return {m: rescale_alpha(self._global[m], plan.alphas[m]) for m in plan.ranks if m in self._global}
+
+    def frozen_A(self, module: str, d_out: int, d_in: int, rank: int) -> torch.Tensor:
+        """The frozen ``A [rank, d_in]`` of ``module``: the global one, or the fresh init from ``seed``."""
+        if module in self._global:
+            return self._global[module].A
+        return init_lora_factors(d_out, d_in, rank, 1.0, self.seed, module).A
+
+    def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
+        shapes = C.round_shapes(self._shapes, updates)
+        ranks = C.homogeneous_ranks(list(self._book.plans.values()), {}, "FFA-LoRA")
+        expected_A = {m: self.frozen_A(m, *shapes[m], ranks[m]) for m in ranks if m in shapes}
+        valid, rejected = C.validate_round(
+            self._book, server_round, updates, "FFA-LoRA", shapes, exact_rank=True, train_A=False, expected_A=expected_A
+        )
+        new = dict(self._global)
+        for module, group in C.by_module(valid, self._book.plans).items():
+            new[module] = average_B([f for _, f in group], C.example_weights(group), expected_A[module])
+        self._global = new
+        self._shapes.update({m: shapes[m] for m in new})
+        return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected))
+
+    def global_adapter(self) -> Adapter:
+        """Frozen ``A`` and averaged ``B`` with ``alpha = r`` (scale 1): ``ΔW = B @ A``."""
+        return dict(self._global)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "global": C.adapter_to_state(self._global),
+            "shapes": C.shapes_to_state(self._shapes),
+            "book": self._book.to_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        C.check_state_name(state, self.name)
+        self.seed = int(state["seed"])
+        self._global = C.adapter_from_state(state["global"])
+        self._shapes = C.normalize_shapes(state["shapes"])
+        self._book = C.RoundBook.from_state(state["book"])
