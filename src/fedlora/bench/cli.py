@@ -1,0 +1,130 @@
+"""``fedlora bench``: run methods side by side over a grid, then tables and plots.
+
+    fedlora bench BENCH.toml [--quick] [--out DIR] [--resume] [--set KEY=VALUE ...] [--only TEXT ...]
+                             [--list] [--report] [--max-cells N] [--quiet] [--threads N]
+    fedlora bench doc OUT_DIR [OUT_DIR ...] [--doc docs/results.md] [--assets docs/results] [--intro TEXT]
+
+Without ``--resume`` an output folder that already holds started cells is refused; with it, done
+cells are skipped and partial ones resume from their checkpoints. After the runs (or with
+``--report`` alone) ``OUT/results.csv``, ``summary.csv``, ``results.md`` and ``plots/*.png`` are
+(re)written from every finished cell. Exit status: 0 ok, 1 some cell failed, 2 bad bench file, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser", "write_report"]
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedlora bench", description="Run federated LoRA methods side by side over "
+                                "resource distributions and seeds; write tables and plots.")  # fmt: skip
+    p.add_argument("bench", help="bench file (TOML), e.g. benchmarks/bucket_effect.toml")
+    p.add_argument("--quick", action="store_true", help="run the bench's quick variant (<stem>_quick.toml or bench.quick)")
+    p.add_argument("--out", help="output folder (default: runs/bench/<bench name>)")
+    p.add_argument("--resume", action="store_true", help="skip finished cells and resume partial ones from their checkpoints")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run-config value in every cell, e.g. --set train.local_steps=2")
+    p.add_argument("--only", action="append", default=[], metavar="TEXT", help="run only cells whose id contains TEXT (repeatable: any)")
+    p.add_argument("--list", action="store_true", help="list the cells and their state, run nothing")
+    p.add_argument("--report", action="store_true", help="only rebuild tables and plots from the finished cells")
+    p.add_argument("--max-cells", type=int, help="stop after running this many cells")
+    p.add_argument("--quiet", action="store_true", help="no per-round lines")
+    p.add_argument("--threads", type=int, help="torch CPU threads (on a shared machine 1 avoids OpenMP oversubscription, "
+                   "which can slow a LoRA step down 20x; also export OMP_NUM_THREADS=1)")  # fmt: skip
+    return p
+
+
+def build_doc_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedlora bench doc", description="Write docs/results.md from bench output folders.")
+    p.add_argument("out_dirs", nargs="+", help="bench output folders (runs/bench/<name>)")
+    p.add_argument("--doc", default="docs/results.md", help="the Markdown file to write")
+    p.add_argument("--assets", help="folder for the PNG plots (default: <doc folder>/results)")
+    p.add_argument("--intro", default="", help="a paragraph placed under the title")
+    return p
+
+
+def write_report(bench, out_dir: str | Path) -> dict[str, Path]:
+    """Tables and plots of the finished cells of ``bench`` under ``out_dir``."""
+    from fedlora.bench.plots import plot_bench
+    from fedlora.bench.results import aggregate, collect, write_tables
+
+    labels = {m.name: m.label for m in bench.methods}
+    rows = collect(out_dir, [c.id for c in bench.cells])
+    aggs = aggregate(rows, bench.metrics)
+    paths = write_tables(rows, aggs, bench.metrics, out_dir, title=bench.name, labels=labels)
+    plots = plot_bench(rows, aggs, bench.primary_metric, Path(out_dir) / "plots", methods=[m.name for m in bench.methods],
+                       distributions=[d.name for d in bench.distributions], labels=labels)  # fmt: skip
+    return paths | {p.stem: p for p in plots}
+
+
+def _list(bench, out_dir: Path) -> int:
+    from fedlora.bench.runner import cell_dir, cell_state
+
+    for c in bench.cells:
+        print(f"{cell_state(cell_dir(out_dir, c)):8} {c.id}  (strategy {c.config.strategy.name}"
+              f"{', plan ' + c.method.plan if c.method.plan else ''})")  # fmt: skip
+    return 0
+
+
+def _doc(argv: Sequence[str]) -> int:
+    from fedlora.bench.doc import write_results_doc
+
+    args = build_doc_parser().parse_args(argv)
+    missing = [d for d in args.out_dirs if not (Path(d) / "bench.json").is_file()]
+    if missing:
+        print(f"fedlora bench doc: {', '.join(missing)} hold no bench.json; pass folders written by `fedlora bench`", file=sys.stderr)
+        return EXIT_USAGE
+    path = write_results_doc(args.out_dirs, args.doc, assets=args.assets, intro=args.intro)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fedlora bench``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "doc":
+        return _doc(argv[1:])
+    args = build_parser().parse_args(argv)
+    from fedlora.bench.grid import BenchError, load_bench
+    from fedlora.bench.runner import run_grid
+
+    try:
+        bench = load_bench(args.bench, quick=args.quick, overrides=args.overrides)
+    except BenchError as err:
+        print(f"fedlora bench: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    out_dir = Path(args.out) if args.out else Path("runs") / "bench" / bench.name
+    if args.list:
+        return _list(bench, out_dir)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    failed = 0
+    if not args.report:
+        only = (lambda c: any(t in c.id for t in args.only)) if args.only else None
+        command = "fedlora bench " + " ".join(shlex.quote(a) for a in argv)
+        try:
+            report = run_grid(bench, out_dir, resume=args.resume, only=only, verbose=not args.quiet, command=command,
+                              max_cells=args.max_cells)  # fmt: skip
+        except FileExistsError as err:
+            print(f"fedlora bench: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print(f"fedlora bench: interrupted; `fedlora bench {args.bench}{' --quick' if args.quick else ''} --out {out_dir} --resume` "
+                  "continues without redoing finished cells", file=sys.stderr)  # fmt: skip
+            return EXIT_INTERRUPTED
+        failed = len(report.failed)
+    paths = write_report(bench, out_dir)
+    print(f"results: {paths['markdown']} ({paths['cells_csv'].name}, {paths['summary_csv'].name}); plots in {out_dir / 'plots'}")
+    if failed:
+        print(f"fedlora bench: {failed} cell(s) failed; see cell_error.log in their folders", file=sys.stderr)
+    return EXIT_FAILED if failed else 0

@@ -1,0 +1,141 @@
+"""``docs/results.md`` from bench output folders: tables, plots, command, commit and the claim check.
+
+The claim check compares a bench's ``[bench.claim] method`` with each baseline on the primary
+metric, per resource distribution: the difference of the means over seeds, the relative change,
+and a verdict that never overstates: *better* / *worse* only when the difference exceeds twice its
+standard error (``sqrt(s1²/n1 + s2²/n2)``, both with at least 2 seeds), *within noise* otherwise,
+and *one seed* when there is no estimate of the noise at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from fedlora.bench.plots import PLOT_FILES, plot_bench
+from fedlora.bench.results import Aggregate, aggregate, collect, fmt_mean_std, markdown_tables
+
+__all__ = ["Comparison", "compare", "claim_section", "bench_section", "write_results_doc"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``method`` minus ``baseline`` on one distribution."""
+
+    distribution: str
+    baseline: str
+    diff: float
+    relative: float | None
+    stderr: float | None
+    verdict: str  # better | worse | within noise | one seed
+
+
+def compare(aggs: Sequence[Aggregate], method: str, baselines: Sequence[str], metric: str) -> list[Comparison]:
+    table = {(a.method, a.distribution): a for a in aggs}
+    out = []
+    for dist in dict.fromkeys(a.distribution for a in aggs):
+        ours = table.get((method, dist))
+        if ours is None or ours.mean.get(metric) is None:
+            continue
+        for base in baselines:
+            other = table.get((base, dist))
+            if other is None or other.mean.get(metric) is None:
+                continue
+            diff = ours.mean[metric] - other.mean[metric]
+            rel = diff / abs(other.mean[metric]) if other.mean[metric] else None
+            if min(ours.n, other.n) < 2:
+                se, verdict = None, "one seed"
+            else:
+                se = math.sqrt(ours.std[metric] ** 2 / ours.n + other.std[metric] ** 2 / other.n)
+                verdict = "better" if diff > 2 * se else "worse" if diff < -2 * se else "within noise"
+            out.append(Comparison(dist, base, diff, rel, se, verdict))
+    return out
+
+
+def claim_section(info: dict, aggs: Sequence[Aggregate], labels: dict[str, str]) -> str:
+    claim, metric = info.get("claim"), info["primary_metric"]
+    if not claim:
+        return ""
+    comps = compare(aggs, claim["method"], claim["baselines"], metric)
+    name = labels.get(claim["method"], claim["method"])
+    lines = [f"**Claim.** {claim['text']}", "", f"**{name} minus each baseline** on `{metric}` (mean over seeds):", "",
+             "| distribution | baseline | difference | relative | 2 x std. error | verdict |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for c in comps:
+        rel = "-" if c.relative is None else f"{100 * c.relative:+.1f}%"
+        se = "-" if c.stderr is None else f"{2 * c.stderr:.4f}"
+        lines.append(f"| {c.distribution} | {labels.get(c.baseline, c.baseline)} | {c.diff:+.4f} | {rel} | {se} | {c.verdict} |")
+    counts = {v: sum(c.verdict == v for c in comps) for v in ("better", "within noise", "worse", "one seed")}
+    lines += ["", "**Reading.** " + _verdict_text(name, counts, comps)]
+    return "\n".join(lines)
+
+
+def _verdict_text(name: str, counts: dict[str, int], comps: Sequence[Comparison]) -> str:
+    if not comps:
+        return "No cell of the claimed method and its baselines finished, so the claim is not tested."
+    ahead = sum(c.diff > 0 for c in comps)
+    head = f"{name} is ahead in {ahead} of {len(comps)} comparisons. "
+    if counts["one seed"]:
+        return head + ("With one seed per cell there is no estimate of run-to-run noise, so none of these differences is "
+                       "significant and the run neither confirms nor refutes the claim; run the full bench (3 seeds) for that.")  # fmt: skip
+    if counts["better"] == len(comps):
+        return head + "Every difference exceeds twice its standard error: the results agree with the claim."
+    if counts["worse"]:
+        return head + f"{counts['worse']} comparison(s) are worse beyond twice the standard error: the results disagree with the claim there."
+    return head + (f"{counts['better']} comparison(s) are better beyond twice the standard error and {counts['within noise']} are within "
+                   "noise: the results support the claim only partly at this scale.")  # fmt: skip
+
+
+def _settings(base: dict) -> str:
+    r, m, d, c, t, e = (base.get(k, {}) for k in ("run", "model", "data", "clients", "train", "eval"))
+    parts = [f"model `{m.get('name', '?')}` ({m.get('dtype', 'auto')})", f"{d.get('num_clients', '?')} clients ({d.get('partition', 'task')} partition)",
+             f"{r.get('rounds', '?')} rounds", f"{t.get('local_steps', '?')} local steps of batch {t.get('batch_size', '?')} x {t.get('max_length', '?')} tokens",
+             f"{d.get('max_train_per_task', '?')} training / {d.get('max_eval_per_task', '?')} eval examples per task",
+             f"held-out tasks {d.get('heldout_tasks')}", f"generation up to {e.get('max_new_tokens', '?')} tokens"]  # fmt: skip
+    if c.get("rank_levels"):
+        parts.append(f"rank levels {c['rank_levels']}")
+    return "; ".join(parts)
+
+
+def bench_section(out_dir: str | Path, assets: Path, doc_dir: Path) -> str:
+    """Markdown of one bench output folder; its plots are written to ``assets/<bench name>/``."""
+    out_dir = Path(out_dir)
+    info = json.loads((out_dir / "bench.json").read_text(encoding="utf-8"))
+    metrics, labels = info["metrics"], {m["name"]: m["label"] for m in info["methods"]}
+    rows = collect(out_dir, info["cells"])
+    aggs = aggregate(rows, metrics)
+    order = dict(methods=[m["name"] for m in info["methods"]], distributions=[d["name"] for d in info["distributions"]])
+    target = assets / info["name"]
+    if target.exists():
+        shutil.rmtree(target)
+    plots = plot_bench(rows, aggs, info["primary_metric"], target, labels=labels, **order)
+    last = info["invocations"][-1] if info.get("invocations") else {}
+    summary, per_cell = markdown_tables(rows, aggs, metrics, labels)
+    rel = lambda p: Path(p).resolve().relative_to(doc_dir.resolve()).as_posix()  # noqa: E731
+    parts = [f"## {info['name']}", "", info.get("description", ""), "",
+             f"- Command: `{last.get('command', '?')}`", f"- Git commit: `{last.get('git_commit', '?')}`",
+             f"- Cells finished: {len(rows)} of {len(info['cells'])}; seeds {info['seeds']}",
+             f"- Settings: {_settings(info.get('base_config', {}))}", "",
+             "### Mean ± std over seeds", "", summary, "", claim_section(info, aggs, labels), ""]  # fmt: skip
+    parts += [f"![{Path(p).stem}]({rel(p)})" for p in plots]
+    parts += ["", "<details><summary>Every cell</summary>", "", per_cell, "", "</details>", ""]
+    return "\n".join(parts)
+
+
+def write_results_doc(out_dirs: Sequence[str | Path], doc: str | Path = "docs/results.md", *, assets: str | Path | None = None,
+                      intro: str = "") -> Path:  # fmt: skip
+    """Write ``doc`` from the bench output folders ``out_dirs`` (plots under ``assets``, default ``<doc dir>/results``)."""
+    doc = Path(doc)
+    assets = Path(assets) if assets is not None else doc.parent / "results"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    sections = [bench_section(d, assets, doc.parent) for d in out_dirs]
+    head = ["# Benchmark results", "", "Generated by `fedlora bench doc` from the bench output folders "
+            f"{', '.join(f'`{d}`' for d in out_dirs)}; do not edit by hand.", "", intro, ""]  # fmt: skip
+    doc.write_text("\n".join(head + sections), encoding="utf-8")
+    return doc
+
+
+__all__ += ["PLOT_FILES", "fmt_mean_std"]

@@ -1,0 +1,469 @@
+"""Typed run configuration: TOML file -> validated, frozen dataclasses, every error in one message.
+
+A run config has seven sections (``[run]``, ``[model]``, ``[data]``, ``[clients]``, ``[strategy]``,
+``[train]``, ``[eval]``); every field is declared below with its default, its meaning and its
+allowed values. ``load_config(path, overrides)`` reads a file, applies ``--set key=value``
+overrides (dotted keys, values parsed as TOML literals, bare words as strings) and validates the
+whole config at once, torchtune style: :class:`ConfigError` lists *every* problem, one per line,
+each naming the key (``train.lr``), the value found and what is allowed; an unknown section or key
+is an error with a did-you-mean. ``[strategy]`` takes ``name`` plus the method's own constructor
+arguments (e.g. ``gamma`` for HetLoRA), checked against the method's signature.
+
+Example::
+
+    [run]
+    name = "quickstart"
+    rounds = 3
+    [model]
+    name = "bundled:smollm2"
+    [clients]
+    rank_distribution = "heavy-tail-light"
+    [strategy]
+    name = "flexlora"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = [
+    "ConfigError", "RunSection", "ModelSection", "DataSection", "ClientsSection", "StrategySection",
+    "TrainSection", "EvalSection", "Config", "SECTIONS", "load_config", "parse_config", "parse_overrides",
+    "apply_overrides", "config_to_dict", "dumps_toml",
+]  # fmt: skip
+
+RANK_DISTRIBUTIONS = ("uniform", "heavy-tail-light", "heavy-tail-strong", "normal")
+ALLOCATIONS = ("auto", "flexlora", "uniform", "fedpilot")
+HOMOGENEOUS_STRATEGIES = ("fedit", "ffa")  # one rank per module across clients
+
+
+class ConfigError(ValueError):
+    """A config has one or more problems; ``errors`` holds one line per problem."""
+
+    def __init__(self, errors: Sequence[str], source: str = "config") -> None:
+        self.errors = list(errors)
+        self.source = source
+        noun = "error" if len(self.errors) == 1 else "errors"
+        super().__init__(f"invalid {source} ({len(self.errors)} {noun}):\n" + "\n".join(f"  - {e}" for e in self.errors))
+
+
+def opt(default: Any, help: str, *, choices: Sequence[Any] | None = None, ge: float | None = None,
+        gt: float | None = None, le: float | None = None) -> Any:  # fmt: skip
+    """A config field: default, documentation and its constraints, declared together."""
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "ge": ge, "gt": gt, "le": le}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """``[run]``: identity, length and bookkeeping of a run."""
+
+    name: str = opt("fedlora-run", "run name; the run folder is `out_dir/name` (unless `fedlora run --out DIR`)")
+    out_dir: str = opt("runs", "folder that holds run folders (relative paths: from the current directory)")
+    seed: int = opt(0, "master seed: data split, partition, ranks, sampling, client seeds and LoRA inits derive from it")
+    rounds: int = opt(3, "federated rounds", ge=1)
+    eval_every: int = opt(1, "evaluate the global adapter every k rounds (round 0 and the last round always); 0: only those", ge=0)
+    checkpoint_every: int = opt(1, "write a resumable checkpoint every k rounds (the last round always)", ge=1)
+    threads: int = opt(0, "torch CPU threads (0: torch's default, one per core); on a CPU shared with other jobs, "
+                       "fewer threads than cores avoids oversubscription", ge=0)
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """``[model]``: the base model, shared by every simulated client (one copy per process)."""
+
+    name: str = opt("bundled:smollm2", "'bundled:smollm2' (offline SmolLM2-135M-Instruct), a Hugging Face id or local "
+                    "folder, or 'tiny' (random 2-layer Llama for tests)")
+    dtype: str = opt("auto", "weights dtype; 'auto': bf16 on GPUs and CPUs with native bf16, else fp32",
+                     choices=("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"))
+    device: str = opt("auto", "'auto' (cuda if visible), 'cpu', 'cuda', 'cuda:0', ...")
+    target_modules: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                    "module kinds (last path component) that carry LoRA adapters")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """``[data]``: where examples come from and how they are split among clients."""
+
+    source: str = opt("bundled", "'bundled' (offline multi-task benchmark), 'jsonl' (files with instruction/input/"
+                      "output/task fields) or 'hf' (a datasets id, data file or saved folder)", choices=("bundled", "jsonl", "hf"))
+    train_path: str = opt("", "jsonl/hf: training data (file, folder or hub id); required for those sources")
+    eval_path: str = opt("", "jsonl/hf: evaluation data; empty: `max_eval_per_task` examples per task are split off train")
+    heldout_path: str = opt("", "jsonl/hf: examples of unseen tasks, evaluated only (held-out Rouge-L)")
+    split: str = opt("train", "hf: the split to read")
+    instruction_field: str = opt("instruction", "hf: column of the instruction")
+    input_field: str = opt("input", "hf: column of the input (empty string: none)")
+    output_field: str = opt("output", "hf: column of the reference answer")
+    task_field: str = opt("task", "hf: column of the task name (empty string: one task named after the dataset)")
+    tasks: list[str] = opt([], "only these tasks (empty: all); bundled task names are in fedlora.data.BUNDLED_TASKS")
+    heldout_tasks: list[str] | None = opt(None, "tasks kept out of training and evaluated as unseen tasks; "
+                                          "default: bundled -> ['bbc_lede', 'word_sentiment'], others -> none")
+    partition: str = opt("task", "how training examples go to clients: 'task' (whole tasks, FlexLoRA's setting), "
+                         "'dirichlet' (task mixtures) or 'iid'", choices=("task", "dirichlet", "iid"))
+    concentration: float = opt(0.5, "dirichlet: concentration (small: about one task per client; large: near IID)", gt=0)
+    num_clients: int = opt(8, "number of simulated clients", ge=1)
+    max_train_per_task: int = opt(1000, "training examples kept per task (0: all)", ge=0)
+    max_eval_per_task: int = opt(20, "evaluation (and held-out) examples per task", ge=1)
+
+
+@dataclass(frozen=True)
+class ClientsSection:
+    """``[clients]``: client resources (LoRA ranks or memory budgets) and sampling per round."""
+
+    allocation: str = opt("auto", "how plans are made: 'flexlora' (each client its own rank), 'uniform' (every client "
+                          "at `uniform_rank`, default the minimum rank: FedIT's bucket effect), 'fedpilot' (module subsets "
+                          "under memory budgets), 'auto' (fedpilot for strategy fedpilot, uniform for fedit/ffa, else flexlora)",
+                          choices=ALLOCATIONS)
+    rank_distribution: str = opt("uniform", "FlexLoRA resource distribution of ranks over `rank_levels`", choices=RANK_DISTRIBUTIONS)
+    rank_levels: list[int] = opt([4, 8, 16, 32], "rank levels the distribution draws from (smallest first)")
+    ranks: list[int] = opt([], "explicit rank per client (length data.num_clients); overrides rank_distribution")
+    uniform_rank: int = opt(0, "allocation 'uniform': the rank of every client (0: the minimum of the client ranks)", ge=0)
+    alpha_ratio: float = opt(2.0, "LoRA alpha = alpha_ratio * rank (scale alpha / rank = alpha_ratio)", gt=0)
+    clients_per_round: int | float = opt(1.0, "clients trained per round: an int is a count, a float in (0, 1] a "
+                                         "fraction of all clients (at least one)", gt=0)
+    budget_distribution: str = opt("uniform", "fedpilot: distribution of memory budgets over `budget_levels` levels",
+                                   choices=RANK_DISTRIBUTIONS)
+    budget_low: str | int = opt("", "fedpilot: smallest memory budget, e.g. '600MiB' (required unless `budgets` is set)")
+    budget_high: str | int = opt("", "fedpilot: largest memory budget, e.g. '2GiB'")
+    budget_levels: int = opt(4, "fedpilot: number of budget levels between budget_low and budget_high", ge=1)
+    budgets: list[str | int] = opt([], "fedpilot: explicit memory budget per client ('1GiB' strings or byte counts)")
+    fedpilot_rank: int = opt(8, "fedpilot: LoRA rank of every selected module", ge=1)
+    importance_steps: int = opt(2, "fedpilot: batches of the short local pass that scores module importance", ge=1)
+    importance_mix: float = opt(0.5, "fedpilot: share of the server's global module importance in the module values "
+                                "from round 2 on (0: local importance only)", ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class StrategySection:
+    """``[strategy]``: the federated method; any other key is a constructor argument of that method."""
+
+    name: str = opt("flexlora", "fedit | flexlora | hetlora | flora | ffa | fedpilot",
+                    choices=("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot"))
+    params: dict = opt({}, "method arguments (e.g. HetLoRA `gamma`, `regularization`, `prune`), written as plain keys")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """``[train]``: local training of every sampled client (fresh optimizer per client and round)."""
+
+    local_steps: int = opt(10, "optimizer steps per client per round", ge=1)
+    batch_size: int = opt(4, "examples per step", ge=1)
+    lr: float = opt(3e-4, "learning rate of the LoRA parameters", gt=0)
+    max_length: int = opt(256, "max tokens per training example (the prompt is cut first)", ge=8)
+    weight_decay: float = opt(0.0, "weight decay on the LoRA parameters", ge=0)
+    grad_clip: float = opt(1.0, "max global gradient norm; 0 disables clipping", ge=0)
+    optimizer: str = opt("adamw", "local optimizer", choices=("adamw", "sgd"))
+    grad_checkpointing: bool = opt(False, "recompute activations in backward (less memory, ~30% slower)")
+    dropout: float = opt(0.0, "LoRA dropout", ge=0, le=0.99)
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    """``[eval]``: evaluation of the global adapter (seen-task eval split and held-out tasks)."""
+
+    max_new_tokens: int = opt(32, "generation budget per answer", ge=1)
+    batch_size: int = opt(8, "examples per evaluation batch", ge=1)
+    max_length: int = opt(256, "max prompt tokens (and prompt + answer for teacher forcing)", ge=8)
+    generate: bool = opt(True, "generate answers (Rouge-L, accuracy); false: teacher-forced metrics and loss only")
+    seen: bool = opt(True, "evaluate the eval split of the training tasks")
+    seen_per_task: int = opt(0, "evaluate at most this many examples per seen task (0: all of data.max_eval_per_task)", ge=0)
+    heldout: bool = opt(True, "evaluate the held-out (unseen) tasks")
+
+
+SECTIONS: dict[str, type] = {"run": RunSection, "model": ModelSection, "data": DataSection, "clients": ClientsSection,
+                             "strategy": StrategySection, "train": TrainSection, "eval": EvalSection}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, validated run config (one attribute per TOML section)."""
+
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    clients: ClientsSection = field(default_factory=ClientsSection)
+    strategy: StrategySection = field(default_factory=StrategySection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+# ----------------------------------------------------------------------------- field checks
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+        return any(_matches(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if tp is dict:
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        return f"a list of {_describe(args[0])}"
+    if args:
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}.get(tp, _type_name(tp))
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_value(key: str, value: Any, tp: Any, meta: Mapping) -> str | None:
+    """One problem with ``value`` for field ``key``, or None."""
+    if not _matches(value, tp):
+        return f"{key} = {value!r}: must be {_describe(tp)}, got {type(value).__name__}"
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        return f"{key} = {value!r}: must be one of {', '.join(map(repr, choices))}{_suggest(value, choices)}"
+    numbers = value if isinstance(value, list) else [value]
+    for v in numbers:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if not math.isfinite(v):
+            return f"{key} = {value!r}: must be finite"
+        for bound, text, ok in (("ge", ">=", lambda b: v >= b), ("gt", ">", lambda b: v > b), ("le", "<=", lambda b: v <= b)):
+            if meta.get(bound) is not None and not ok(meta[bound]):
+                return f"{key} = {value!r}: must be {text} {meta[bound]}"
+    return None
+
+
+def _build_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        errors.append(f"[{name}] must be a table (a [{name}] section), got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    if cls is StrategySection:
+        raw = {"name": raw.get("name", StrategySection.name), "params": {k: v for k, v in raw.items() if k != "name"}}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            errors.append(f"{name}.{key}: unknown key{_suggest(key, list(known))} (keys of [{name}]: {', '.join(known)})")
+            continue
+        problem = _check_value(f"{name}.{key}", value, hints[key], known[key].metadata)
+        if problem:
+            errors.append(problem)
+        else:
+            values[key] = float(value) if hints[key] is float else value
+    return cls(**values)
+
+
+# ----------------------------------------------------------------------------- cross-field checks
+
+
+def _strategy_errors(s: StrategySection) -> list[str]:
+    from fedlora.strategies.registry import STRATEGY_NAMES, strategy_class
+
+    if s.name not in STRATEGY_NAMES:
+        return []
+    try:
+        cls = strategy_class(s.name)
+    except ImportError as err:
+        return [f"strategy.name = {s.name!r}: {err}"]
+    params = inspect.signature(cls).parameters
+    allowed = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in ("seed", "shapes")]
+    errors = []
+    for key in s.params:
+        if key not in allowed:
+            listed = ", ".join(allowed) if allowed else "none"
+            errors.append(f"strategy.{key}: unknown argument of strategy {s.name!r}{_suggest(key, allowed + ['name'])} "
+                          f"(its arguments: {listed})")
+    return errors
+
+
+def resolved_allocation(cfg: "Config") -> str:
+    """``clients.allocation`` with ``auto`` resolved for the strategy."""
+    if cfg.clients.allocation != "auto":
+        return cfg.clients.allocation
+    if cfg.strategy.name == "fedpilot":
+        return "fedpilot"
+    return "uniform" if cfg.strategy.name in HOMOGENEOUS_STRATEGIES else "flexlora"
+
+
+def _clients_errors(cfg: "Config") -> list[str]:
+    c, n, errors = cfg.clients, cfg.data.num_clients, []
+    if c.ranks and len(c.ranks) != n:
+        errors.append(f"clients.ranks has {len(c.ranks)} values for data.num_clients = {n}: give exactly one rank per client")
+    for key in ("ranks", "rank_levels"):
+        if any(r < 1 for r in getattr(c, key)):
+            errors.append(f"clients.{key} = {getattr(c, key)}: ranks must be >= 1")
+    if not c.rank_levels and not c.ranks:
+        errors.append("clients.rank_levels is empty: list at least one rank (e.g. [4, 8, 16, 32]) or set clients.ranks")
+    per = c.clients_per_round
+    if isinstance(per, float) and not 0 < per <= 1:
+        errors.append(f"clients.clients_per_round = {per}: a float is a fraction in (0, 1]; write an int for a count")
+    if isinstance(per, int) and per > n:
+        errors.append(f"clients.clients_per_round = {per}: more than data.num_clients = {n}")
+    allocation = resolved_allocation(cfg)
+    if cfg.strategy.name in HOMOGENEOUS_STRATEGIES and allocation != "uniform":
+        errors.append(f"clients.allocation = {c.allocation!r}: strategy {cfg.strategy.name!r} needs one rank for all "
+                      "clients; use 'uniform' (every client at the minimum rank, the bucket effect) or 'auto'")
+    if allocation == "fedpilot":
+        if cfg.strategy.name != "fedpilot":
+            errors.append(f"clients.allocation = 'fedpilot' trains module subsets, which only strategy 'fedpilot' "
+                          f"aggregates; got strategy.name = {cfg.strategy.name!r}")
+        if not c.budgets and not (c.budget_low and c.budget_high):
+            errors.append("clients.budget_low/budget_high: fedpilot needs memory budgets; set both (e.g. '600MiB', '2GiB') "
+                          "or list clients.budgets")
+        if c.budgets and len(c.budgets) != n:
+            errors.append(f"clients.budgets has {len(c.budgets)} values for data.num_clients = {n}: one budget per client")
+        errors.extend(_budget_errors(c))
+    elif cfg.strategy.name == "fedpilot":
+        errors.append(f"strategy.name = 'fedpilot' needs clients.allocation = 'fedpilot' or 'auto', got {c.allocation!r}")
+    return errors
+
+
+def _budget_errors(c: ClientsSection) -> list[str]:
+    from fedlora.allocation.profiles import parse_bytes
+
+    errors = []
+    for key, values in (("budget_low", [c.budget_low]), ("budget_high", [c.budget_high]), ("budgets", c.budgets)):
+        for v in values:
+            if v == "":
+                continue
+            try:
+                parse_bytes(v)
+            except ValueError as err:
+                errors.append(f"clients.{key}: {err}")
+    return errors
+
+
+def _data_errors(d: DataSection) -> list[str]:
+    errors = []
+    if d.source in ("jsonl", "hf") and not d.train_path:
+        errors.append(f"data.train_path is empty: data.source = {d.source!r} needs a training file, folder or dataset id")
+    if d.source == "bundled":
+        for key in ("train_path", "eval_path", "heldout_path"):
+            if getattr(d, key):
+                errors.append(f"data.{key} = {getattr(d, key)!r}: only read for source 'jsonl' or 'hf'; "
+                              "remove it or set data.source")
+    return errors
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
+    """Validate a nested dict (as read from TOML) into a :class:`Config`; raise :class:`ConfigError` with every problem."""
+    errors: list[str] = []
+    sections = {}
+    for name, value in raw.items():
+        if name not in SECTIONS:
+            errors.append(f"[{name}]: unknown section{_suggest(name, list(SECTIONS))} (sections: {', '.join(SECTIONS)})")
+            continue
+        sections[name] = _build_section(name, SECTIONS[name], value, errors)
+    cfg = Config(**sections)
+    if not errors:
+        errors.extend(_data_errors(cfg.data) + _clients_errors(cfg))
+    if not any(e.startswith("strategy.name") for e in errors):
+        errors.extend(_strategy_errors(cfg.strategy))
+    if errors:
+        raise ConfigError(errors, source)
+    return cfg
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[list[str], Any]]:
+    """``["train.lr=1e-3", "model.name=tiny"]`` -> ``[(["train", "lr"], 0.001), ...]``.
+
+    Values are TOML literals (``3``, ``1e-3``, ``true``, ``[4, 8]``, ``"text"``); anything that is
+    not valid TOML is taken as a plain string (so ``model.name=tiny`` needs no quotes).
+    """
+    out, errors = [], []
+    for item in items:
+        key, sep, text = item.partition("=")
+        path = [p.strip() for p in key.strip().split(".")]
+        if not sep or len(path) != 2 or not all(path):
+            errors.append(f"--set {item!r}: write section.key=value, e.g. --set train.lr=1e-3")
+            continue
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        out.append((path, value))
+    if errors:
+        raise ConfigError(errors, "overrides")
+    return out
+
+
+def apply_overrides(raw: Mapping[str, Any], items: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``raw`` with ``--set`` overrides applied (validation happens in :func:`parse_config`)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for (section, key), value in parse_overrides(items):
+        target = out.setdefault(section, {})
+        if isinstance(target, dict):
+            target[key] = value
+    return out
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read, override and validate a TOML run config."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file; pass the path of a TOML run config (see examples/)"], str(path)) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([f"{path}: not valid TOML: {err}"], str(path)) from None
+    return parse_config(apply_overrides(raw, overrides), str(path))
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Nested plain dict of a config, strategy params flattened into ``[strategy]`` (None values left out)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        section = dataclasses.asdict(getattr(cfg, name))
+        if name == "strategy":
+            section = {"name": section["name"], **section["params"]}
+        out[name] = {k: v for k, v in section.items() if v is not None}
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a TOML value")
+
+
+def dumps_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
+    """TOML text of a two-level dict of plain values (what :func:`config_to_dict` returns)."""
+    blocks = []
+    for section, values in data.items():
+        lines = [f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"

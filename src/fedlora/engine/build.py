@@ -1,0 +1,68 @@
+"""Builders: config sections -> the library objects a run needs (flat constructor arguments).
+
+Each function reads one part of a :class:`fedlora.config.Config` and returns one component, so the
+in-process engine, ``fedlora plan`` and the Flower apps build the same things the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedlora.config import Config, ModelSection
+from fedlora.modelspec import ModelSpec
+from fedlora.strategies.base import Strategy
+
+__all__ = ["TINY_MODEL", "load_base_model", "model_name_or_path", "build_spec", "build_strategy", "build_train_config", "eval_kwargs"]
+
+TINY_MODEL = "tiny"
+"""``model.name`` of the random 2-layer Llama (``fedlora.testing.tiny_llama``), for tests and smoke runs."""
+
+
+def load_base_model(m: ModelSection) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of ``[model]``; ``"tiny"`` builds the random test model (seed 0, fp32, CPU)."""
+    if m.name == TINY_MODEL:
+        from fedlora.testing import tiny_llama
+
+        return tiny_llama(seed=0)
+    from fedlora.models import load_model
+
+    return load_model(m.name, dtype=m.dtype, device=m.device)
+
+
+def model_name_or_path(m: ModelSection) -> str:
+    """What an exported adapter records as its base model: the cached folder for bundled models."""
+    if m.name.startswith("bundled:"):
+        from fedlora.models import bundled_smollm2_path
+
+        return str(bundled_smollm2_path())
+    return m.name
+
+
+def build_spec(model: Any, m: ModelSection) -> ModelSpec:
+    """The model's LoRA-targetable shapes for ``model.target_modules``."""
+    from fedlora.models import model_spec
+
+    return model_spec(model, tuple(m.target_modules))
+
+
+def build_strategy(cfg: Config, spec: ModelSpec | None = None) -> Strategy:
+    """``strategy.name`` with the run seed, the model shapes and the ``[strategy]`` arguments."""
+    from fedlora.strategies.registry import make_strategy
+
+    return make_strategy(cfg.strategy.name, seed=cfg.run.seed, shapes=spec, **cfg.strategy.params)
+
+
+def build_train_config(cfg: Config):
+    """The :class:`fedlora.client.trainer.TrainConfig` of ``[train]`` (``grad_clip = 0`` disables clipping)."""
+    from fedlora.client.trainer import TrainConfig
+
+    t = cfg.train
+    return TrainConfig(local_steps=t.local_steps, batch_size=t.batch_size, lr=t.lr, max_length=t.max_length,
+                       weight_decay=t.weight_decay, grad_clip=t.grad_clip or None, optimizer=t.optimizer,
+                       grad_checkpointing=t.grad_checkpointing, dropout=t.dropout)  # fmt: skip
+
+
+def eval_kwargs(cfg: Config) -> dict[str, Any]:
+    """Keyword arguments of :func:`fedlora.eval.evaluate` from ``[eval]``."""
+    e = cfg.eval
+    return {"max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size, "max_length": e.max_length, "generate": e.generate}

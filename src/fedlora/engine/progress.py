@@ -1,0 +1,115 @@
+"""Progress reporting of a run: silent (:class:`Progress`) or live with rich (:class:`RichProgress`).
+
+``RichProgress`` shows an overall bar over every local step of the run (with ETA), a bar for the
+current client (step, loss) and one for evaluation, and prints one line per client, evaluation
+and round above them; on a non-terminal console only those lines appear.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Progress", "RichProgress", "format_bytes"]
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} GB"
+
+
+class Progress:
+    """Silent progress: the hooks the engine calls, doing nothing."""
+
+    def start(self, total_steps: int, done_steps: int, rounds: int) -> None: ...
+    def round_start(self, server_round: int, clients: list[str]) -> None: ...
+    def client_start(self, server_round: int, client_id: str, rank: int, steps: int) -> None: ...
+    def step(self, loss: float) -> None: ...
+    def client_end(self, record: dict) -> None: ...
+    def eval_start(self, server_round: int, split: str, total: int) -> None: ...
+    def eval_advance(self, done: int, total: int) -> None: ...
+    def eval_end(self, record: dict) -> None: ...
+    def round_end(self, record: dict) -> None: ...
+    def message(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _client_line(r: dict) -> str:
+    head = f"  {r['client']} rank {r.get('rank', '?'):>3} {r.get('num_examples', 0):>5} ex"
+    if r["status"] == "failed":
+        return f"{head}  [bold red]FAILED[/] {r.get('error', '')}"
+    text = (f"{head}  loss {r['loss_first']:.3f} → {r['loss_last']:.3f} (mean {r['loss']:.3f})  "
+            f"{r['steps']} steps  {r['seconds']:.1f} s  ↓{format_bytes(r['bytes_down'])} ↑{format_bytes(r['bytes_up'])}")  # fmt: skip
+    return text + (f"  [red]rejected[/] {r.get('error', '')}" if r["status"] == "rejected" else "")
+
+
+class RichProgress(Progress):
+    """Live progress bars and log lines on a rich console (``console=None``: stderr)."""
+
+    def __init__(self, console: Any = None) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bars
+
+        if console is None:
+            console = Console(stderr=True)
+            console = console if console.is_terminal else Console(stderr=True, width=160)  # log files: no wrapping
+        self.console = console
+        self.bars = Bars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console)  # fmt: skip
+        self.rounds, self.total, self.client_task, self.eval_task = 0, None, None, None
+
+    def start(self, total_steps: int, done_steps: int, rounds: int) -> None:
+        self.rounds = rounds
+        self.bars.start()
+        self.total = self.bars.add_task("run", total=total_steps, completed=done_steps, info="")
+
+    def round_start(self, server_round: int, clients: list[str]) -> None:
+        self.console.print(f"[bold]round {server_round}/{self.rounds}[/]: {len(clients)} clients")
+        self.bars.update(self.total, description=f"round {server_round}/{self.rounds}")
+
+    def client_start(self, server_round: int, client_id: str, rank: int, steps: int) -> None:
+        self.client_task = self.bars.add_task(f"  {client_id} (rank {rank})", total=steps, info="")
+
+    def step(self, loss: float) -> None:
+        if self.client_task is not None:
+            self.bars.update(self.client_task, advance=1, info=f"loss {loss:.3f}")
+        self.bars.update(self.total, advance=1)
+
+    def client_end(self, record: dict) -> None:
+        if self.client_task is not None:
+            done = self.bars.tasks[[t.id for t in self.bars.tasks].index(self.client_task)].completed
+            self.bars.update(self.total, advance=max(0, record.get("planned_steps", 0) - done))
+            self.bars.remove_task(self.client_task)
+            self.client_task = None
+        self.console.print(_client_line(record))
+
+    def eval_start(self, server_round: int, split: str, total: int) -> None:
+        self.eval_task = self.bars.add_task(f"  eval {split} (round {server_round})", total=total, info="")
+
+    def eval_advance(self, done: int, total: int) -> None:
+        if self.eval_task is not None:
+            self.bars.update(self.eval_task, completed=done, total=total)
+
+    def eval_end(self, record: dict) -> None:
+        if self.eval_task is not None:
+            self.bars.remove_task(self.eval_task)
+            self.eval_task = None
+        parts = [f"{k} {record[k]:.4f}" for k in ("rougeL", "rougeL_tf", "accuracy", "loss") if record.get(k) is not None]
+        self.console.print(f"  eval {record['split']:<7} round {record['round']}: " + "  ".join(parts) + f"  ({record['seconds']:.1f} s)")
+
+    def round_end(self, record: dict) -> None:
+        loss = record.get("train_loss")
+        self.console.print(
+            f"  round {record['round']} done in {record['seconds']:.1f} s: train loss "
+            f"{'-' if loss is None else f'{loss:.4f}'}, accepted {record['accepted']}, failed {len(record['failed'])}, "
+            f"rejected {len(record['rejected'])}, ↓{format_bytes(record['bytes_down'])} ↑{format_bytes(record['bytes_up'])}"
+        )
+
+    def message(self, text: str) -> None:
+        self.console.print(text)
+
+    def close(self) -> None:
+        self.bars.stop()

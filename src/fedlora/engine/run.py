@@ -1,0 +1,294 @@
+"""The in-process federation: one base model, many simulated clients, rounds read top to bottom.
+
+``Engine(cfg, run_dir).run()`` builds the data, plans, strategy and local trainer, evaluates the
+global adapter before training (round 0), then each round: samples clients (seeded by
+``(seed, round)``), ``strategy.configure``, trains every sampled client with its own seed
+``(seed, round, client)`` (a client that raises is logged and skipped; the round goes on),
+``strategy.aggregate`` (rejected updates are logged), evaluates every ``eval_every`` rounds and
+checkpoints every ``checkpoint_every`` rounds. ``run(resume=True)`` continues from the checkpoint
+exactly: all per-round randomness is derived, never carried.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from fedlora.config import Config, config_to_dict, dumps_toml
+from fedlora.engine import build
+from fedlora.engine.checkpoint import config_differences, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fedlora.engine.data import FederatedData, build_data
+from fedlora.engine.metrics_log import METRICS_FILE, MetricsLog
+from fedlora.engine.plans import Planner
+from fedlora.engine.progress import Progress
+from fedlora.engine.sampling import client_seed, clients_per_round, sample_clients
+
+__all__ = ["RunError", "RunResult", "Engine", "run_dir_for", "adapter_bytes", "payload_bytes"]
+
+CONFIG_FILE = "config.toml"
+SUMMARY_FILE = "summary.json"
+ERRORS_FILE = "client_errors.log"
+
+
+class RunError(RuntimeError):
+    """A run cannot start or continue as asked (the message says why and what to do)."""
+
+
+@dataclass
+class RunResult:
+    """Outcome of :meth:`Engine.run`: the run folder, the records, the strategy, the last completed round."""
+
+    run_dir: Path
+    records: list[dict]
+    strategy: Any
+    completed_rounds: int
+    summary: dict = field(default_factory=dict)
+
+
+def run_dir_for(cfg: Config, out: str | Path | None = None) -> Path:
+    """``out`` when given, else ``run.out_dir / run.name``."""
+    return Path(out) if out is not None else Path(cfg.run.out_dir) / cfg.run.name
+
+
+def adapter_bytes(adapter: Mapping[str, Any] | None) -> int:
+    """Bytes of the factor tensors of an adapter (what travels on the wire, without framing)."""
+    if not adapter:
+        return 0
+    return sum(t.numel() * t.element_size() for f in adapter.values() for t in (f.A, f.B))
+
+
+def payload_bytes(payload: Any) -> int:
+    """Bytes a client downloads: its starting factors plus any frozen base delta (FLoRA)."""
+    return adapter_bytes(payload.init) + adapter_bytes(payload.base_delta)
+
+
+def _error_summary(err: BaseException) -> str:
+    frames = traceback.extract_tb(err.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    return f"{type(err).__name__}: {err}{where}"
+
+
+def _per_task(examples: list, limit: int) -> list:
+    """The first ``limit`` examples of each task (all when ``limit`` is 0), order kept."""
+    if not limit:
+        return examples
+    counts: dict[str, int] = {}
+    kept = []
+    for ex in examples:
+        counts[ex.task] = counts.get(ex.task, 0) + 1
+        if counts[ex.task] <= limit:
+            kept.append(ex)
+    return kept
+
+
+def _due(server_round: int, every: int, last: int) -> bool:
+    return server_round == last or (every > 0 and server_round % every == 0)
+
+
+class Engine:
+    """One run of a config in one process.
+
+    Args:
+        cfg: the validated config. run_dir: where the run's files go (default ``run_dir_for(cfg)``).
+        model_and_tokenizer: an already loaded ``(model, tokenizer)`` to use instead of ``[model]``.
+        progress: a :class:`~fedlora.engine.progress.Progress` (default: silent).
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, *, model_and_tokenizer: tuple | None = None,
+                 progress: Progress | None = None) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.run_dir = run_dir_for(cfg) if run_dir is None else Path(run_dir)
+        self.progress = progress or Progress()
+        self._model_and_tokenizer = model_and_tokenizer
+        self.data: FederatedData | None = None
+        self.log: MetricsLog | None = None  # opened by run()
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        """Build data, model, spec, planner, strategy and trainer (idempotent)."""
+        if self.data is not None:
+            return
+        from fedlora.client.trainer import LocalTrainer
+
+        t0 = time.perf_counter()
+        if self.cfg.run.threads:
+            import torch
+
+            torch.set_num_threads(self.cfg.run.threads)
+        try:
+            data = build_data(self.cfg)
+        except ValueError as err:
+            raise RunError(f"[data]: {err}") from err
+        self.model, self.tokenizer = self._model_and_tokenizer or build.load_base_model(self.cfg.model)
+        try:
+            self.spec = build.build_spec(self.model, self.cfg.model)
+            self.planner = Planner(self.cfg, self.spec, data.client_ids)
+            self.strategy = build.build_strategy(self.cfg, self.spec)
+        except ValueError as err:
+            raise RunError(f"cannot build the federation: {err}") from err
+        self.data = data
+        self.trainer = LocalTrainer(self.model, self.tokenizer, build.build_train_config(self.cfg))
+        self.per_round = clients_per_round(self.cfg.clients.clients_per_round, len(self.data.client_ids))
+        self.progress.message(f"model {self.cfg.model.name}: {self.spec.num_parameters / 1e6:.1f}M parameters, "
+                              f"{len(self.spec.modules)} LoRA modules; set up in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+        self.progress.message(f"data: {self.data.describe()}")
+        self.progress.message(f"strategy {self.cfg.strategy.name}, allocation {self.planner.allocation}, client ranks "
+                              f"{self.planner.ranks if self.planner.allocation != 'fedpilot' else 'by memory budget'}")  # fmt: skip
+
+    def _prepare(self, resume: bool) -> dict | None:
+        ckpt = load_checkpoint(self.run_dir)
+        if resume and ckpt is None:
+            raise RunError(f"--resume: {self.run_dir} holds no checkpoint ({self.run_dir / 'checkpoint.pt'}); "
+                           "run without --resume to start it, or point --out at the run folder to continue")  # fmt: skip
+        if not resume and ckpt is not None:
+            raise RunError(f"{self.run_dir} already holds a run (checkpoint after round {ckpt['round']}); pass --resume to "
+                           "continue it, or choose another run.name or --out DIR for a new run")  # fmt: skip
+        if ckpt is not None:
+            diffs = config_differences(ckpt["config"], config_to_dict(self.cfg))
+            if diffs:
+                raise RunError(f"the config differs from the one that wrote {self.run_dir}'s checkpoint: " + "; ".join(diffs)
+                               + f". Resume with the run's own config ({self.run_dir / CONFIG_FILE}) or start a new run")  # fmt: skip
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / CONFIG_FILE).write_text(dumps_toml(config_to_dict(self.cfg)), encoding="utf-8")
+        return ckpt
+
+    def _restore(self, ckpt: dict | None) -> int:
+        """Load a checkpoint's state (or start fresh); the first round to run."""
+        self.log = MetricsLog(self.run_dir / METRICS_FILE, ckpt["records"] if ckpt else ())
+        self._elapsed_before = float(ckpt["elapsed"]) if ckpt else 0.0
+        if ckpt is None:
+            return 1
+        self.strategy.load_state_dict(ckpt["strategy"])
+        self.planner.load_state_dict(ckpt["planner"])
+        set_rng_state(ckpt["rng"])
+        self.progress.message(f"resuming {self.run_dir} after round {ckpt['round']}")
+        return int(ckpt["round"]) + 1
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self, *, resume: bool = False, stop_after: int | None = None) -> RunResult:
+        """Run (or resume) every round; ``stop_after=k`` stops after round ``k`` as if killed there."""
+        ckpt = self._prepare(resume)
+        self.setup()
+        first = self._restore(ckpt)
+        self._started = time.perf_counter()
+        rounds = self.cfg.run.rounds
+        if self.planner.needs_importance:
+            self.progress.message("fed-pilot: scoring module importance on each client's data")
+            self.planner.score_clients(self.model, self.tokenizer, self.data.clients)
+        steps = self.per_round * self.cfg.train.local_steps
+        self.progress.start(rounds * steps, (first - 1) * steps, rounds)
+        last = first - 1
+        try:
+            if first == 1:
+                self._evaluate(0)
+            for server_round in range(first, rounds + 1):
+                self._round(server_round)
+                if _due(server_round, self.cfg.run.eval_every, rounds):
+                    self._evaluate(server_round)
+                if _due(server_round, self.cfg.run.checkpoint_every, rounds):
+                    self._checkpoint(server_round)
+                last = server_round
+                if stop_after is not None and server_round >= stop_after:
+                    break
+        finally:
+            self.progress.close()
+        return self._finish(last)
+
+    def _round(self, server_round: int) -> None:
+        started = time.perf_counter()
+        ids = sample_clients(self.data.client_ids, server_round, self.per_round, self.cfg.run.seed)
+        self.progress.round_start(server_round, ids)
+        plans = self.planner.plans(server_round, ids, self.strategy)
+        payloads = self.strategy.configure(server_round, [plans[c] for c in ids])
+        records, updates = [], []
+        for cid in ids:
+            record, update = self._train_client(server_round, cid, payloads[cid])
+            records.append(record)
+            if update is not None:
+                updates.append(update)
+        result = self.strategy.aggregate(server_round, updates) if updates else None
+        rejected = dict(result.rejected) if result else {}
+        for record in records:
+            if record["client"] in rejected:
+                record.update(status="rejected", error=rejected[record["client"]])
+            self.log.append(record)
+        self._log_round(server_round, records, result, time.perf_counter() - started)
+
+    def _train_client(self, server_round: int, cid: str, payload: Any) -> tuple[dict, Any]:
+        plan, examples = payload.plan, self.data.clients[cid]
+        record = {"type": "client", "round": server_round, "client": cid, "rank": max(plan.ranks.values()),
+                  "trained_modules": len(plan.trainable_modules), "num_examples": len(examples),
+                  "bytes_down": payload_bytes(payload), "bytes_up": 0}  # fmt: skip
+        self.progress.client_start(server_round, cid, record["rank"], self.cfg.train.local_steps)
+        started = time.perf_counter()
+        hook = self.model.register_forward_hook(self._on_forward)
+        try:
+            update = self.trainer.train(payload, examples, client_seed=client_seed(self.cfg.run.seed, server_round, cid))
+        except Exception as err:  # a failing client is reported and skipped; the round goes on
+            record.update(status="failed", error=_error_summary(err), seconds=time.perf_counter() - started)
+            with (self.run_dir / ERRORS_FILE).open("a", encoding="utf-8") as f:
+                f.write(f"round {server_round} client {cid}:\n{traceback.format_exc()}\n")
+            self.progress.client_end(record | {"planned_steps": self.cfg.train.local_steps})
+            return record, None
+        finally:
+            hook.remove()
+        m = update.metrics
+        record.update(status="ok", loss=m["train_loss"], loss_first=m["train_loss_first"], loss_last=m["train_loss_last"],
+                      steps=int(m["steps"]), seconds=m["seconds"], bytes_up=adapter_bytes(update.factors))  # fmt: skip
+        self.progress.client_end(record | {"planned_steps": self.cfg.train.local_steps})
+        return record, update
+
+    def _on_forward(self, module: Any, args: Any, output: Any) -> None:
+        loss = getattr(output, "loss", None)
+        if loss is not None:
+            self.progress.step(float(loss.detach()))
+
+    def _log_round(self, server_round: int, records: list[dict], result: Any, seconds: float) -> None:
+        ok = [r for r in records if r["status"] == "ok"]
+        record = {
+            "type": "round", "round": server_round, "clients": [r["client"] for r in records], "accepted": len(ok),
+            "failed": {r["client"]: r["error"] for r in records if r["status"] == "failed"},
+            "rejected": {r["client"]: r["error"] for r in records if r["status"] == "rejected"},
+            "train_loss": sum(r["loss"] for r in ok) / len(ok) if ok else None, "seconds": seconds,
+            "bytes_down": sum(r["bytes_down"] for r in records), "bytes_up": sum(r["bytes_up"] for r in records),
+        }  # fmt: skip
+        if result is not None:
+            record.update({f"strategy/{k}": v for k, v in result.metrics.items()})
+        self.progress.round_end(self.log.append(record))
+
+    def _evaluate(self, server_round: int) -> None:
+        from fedlora.eval import evaluate
+
+        seen = _per_task(self.data.eval, self.cfg.eval.seen_per_task)
+        wanted = (("eval", seen, self.cfg.eval.seen), ("heldout", self.data.heldout, self.cfg.eval.heldout))
+        splits = [(split, examples) for split, examples, on in wanted if on and examples]
+        if not splits:
+            return
+        kwargs = build.eval_kwargs(self.cfg)
+        with self.trainer.use_adapter(self.strategy.global_adapter() or None) as model:
+            for split, examples in splits:
+                self.progress.eval_start(server_round, split, len(examples) * (2 if kwargs["generate"] else 1))
+                started = time.perf_counter()
+                metrics = evaluate(model, self.tokenizer, examples, progress=self.progress.eval_advance, **kwargs)
+                record = {"type": "eval", "round": server_round, "split": split, "seconds": time.perf_counter() - started, **metrics}
+                self.progress.eval_end(self.log.append(record))
+
+    def _checkpoint(self, server_round: int) -> None:
+        save_checkpoint(self.run_dir, {
+            "round": server_round, "config": config_to_dict(self.cfg), "strategy": self.strategy.state_dict(),
+            "planner": self.planner.state_dict(), "rng": rng_state(), "records": self.log.records,
+            "elapsed": self._elapsed_before + time.perf_counter() - self._started, "client_ids": list(self.data.client_ids),
+        })  # fmt: skip
+
+    def _finish(self, last: int) -> RunResult:
+        from fedlora.report import run_summary
+
+        summary = run_summary(self.log.records) | {"seconds": self._elapsed_before + time.perf_counter() - self._started}
+        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        return RunResult(self.run_dir, list(self.log.records), self.strategy, last, summary)

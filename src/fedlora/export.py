@@ -1,0 +1,73 @@
+"""Export a run's global adapter in PEFT format, and optionally the base model with it merged.
+
+The adapter comes from the run's checkpoint (the strategy state, rebuilt without the model):
+``strategy.global_adapter()`` is the full global update relative to the original base weights,
+so ``PeftModel.from_pretrained(base_model, RUN_DIR/export/adapter)`` reproduces the engine's
+evaluation model exactly (heterogeneous per-module ranks go to ``rank_pattern``/``alpha_pattern``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedlora.config import Config, parse_config
+from fedlora.engine.build import TINY_MODEL, build_strategy, load_base_model, model_name_or_path
+from fedlora.engine.checkpoint import load_checkpoint
+from fedlora.lora.factors import Adapter
+
+__all__ = ["load_run", "run_global_adapter", "export_run"]
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, dict]:
+    """The config and checkpoint of a run folder written by ``fedlora run``."""
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint.pt; pass a run folder written by `fedlora run` "
+                                "(it writes one every run.checkpoint_every rounds)")  # fmt: skip
+    return parse_config(ckpt["config"], f"config of {run_dir}"), ckpt
+
+
+def run_global_adapter(run_dir: str | Path) -> tuple[Config, Adapter, int]:
+    """``(config, global adapter, round)`` of the run's latest checkpoint."""
+    cfg, ckpt = load_run(run_dir)
+    strategy = build_strategy(cfg)
+    strategy.load_state_dict(ckpt["strategy"])
+    return cfg, strategy.global_adapter(), int(ckpt["round"])
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, *, merged: bool = False,
+               model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Path]:  # fmt: skip
+    """Write ``out/adapter`` (PEFT LoRA folder) and with ``merged`` ``out/merged`` (full model + tokenizer).
+
+    Args:
+        run_dir: the run folder. out: target folder (default ``run_dir/export``).
+        merged: also save the base model with the adapter merged in (``merge_and_unload``).
+        model_and_tokenizer: the base model to merge into (default: loaded from the run's ``[model]``).
+
+    Returns:
+        ``{"adapter": path}`` plus ``"merged"`` when asked.
+    """
+    from fedlora.client.peft_bridge import save_peft_adapter
+
+    cfg, adapter, round_ = run_global_adapter(run_dir)
+    if not adapter:
+        raise ValueError(f"{run_dir}: the checkpoint after round {round_} holds no trained adapter yet; run at least one round")
+    out = Path(out) if out is not None else Path(run_dir) / "export"
+    base_name = None if cfg.model.name == TINY_MODEL else model_name_or_path(cfg.model)
+    paths = {"adapter": save_peft_adapter(adapter, out / "adapter", base_name)}
+    if merged:
+        paths["merged"] = _save_merged(paths["adapter"], out / "merged", model_and_tokenizer or load_base_model(cfg.model))
+    return paths
+
+
+def _save_merged(adapter_dir: Path, target: Path, model_and_tokenizer: tuple[Any, Any]) -> Path:
+    from peft import PeftModel
+
+    model, tokenizer = model_and_tokenizer
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    target.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+    return target

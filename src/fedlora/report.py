@@ -1,0 +1,176 @@
+"""Run reports from a metrics log: the before/after summary table and PNG plots per round.
+
+``run_summary(records)`` condenses a run (first and last evaluation of each split, training loss,
+traffic, failures); ``summary_table`` renders it with rich; ``plot_run`` writes
+``train_loss.png``, ``eval.png`` and ``communication.png`` (matplotlib, Agg backend).
+``fedlora report RUN_DIR`` prints the table again and writes the plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["SUMMARY_METRICS", "run_summary", "summary_table", "compare_table", "print_summary", "plot_run"]
+
+SUMMARY_METRICS = ("rougeL", "rougeL_tf", "accuracy", "loss")
+"""Metrics of each evaluation split shown before/after (per-task rows add ``task/<name>/rougeL``)."""
+
+
+def _evals(records: Sequence[dict], split: str) -> list[dict]:
+    return sorted((r for r in records if r.get("type") == "eval" and r.get("split") == split), key=lambda r: r["round"])
+
+
+def run_summary(records: Sequence[dict]) -> dict[str, Any]:
+    """Plain-dict summary: per split the first and last evaluation, per-round training loss, traffic, failures."""
+    rounds = [r for r in records if r.get("type") == "round"]
+    clients = [r for r in records if r.get("type") == "client"]
+    splits = {}
+    for split in ("eval", "heldout"):
+        evals = _evals(records, split)
+        if evals:
+            splits[split] = {"before": _metrics(evals[0]), "after": _metrics(evals[-1]),
+                             "before_round": evals[0]["round"], "after_round": evals[-1]["round"]}  # fmt: skip
+    return {
+        "rounds": len(rounds),
+        "train_loss": [r.get("train_loss") for r in rounds],
+        "bytes_up": sum(r["bytes_up"] for r in rounds),
+        "bytes_down": sum(r["bytes_down"] for r in rounds),
+        "failed_clients": sum(1 for c in clients if c.get("status") == "failed"),
+        "rejected_updates": sum(1 for c in clients if c.get("status") == "rejected"),
+        "splits": splits,
+    }
+
+
+def _metrics(record: dict) -> dict[str, float]:
+    keep = set(SUMMARY_METRICS) | {k for k in record if k.startswith("task/") and k.endswith(("/rougeL", "/accuracy"))}
+    return {k: record[k] for k in sorted(record) if k in keep and record[k] is not None}
+
+
+def _row_names(before: dict, after: dict) -> list[str]:
+    names = [m for m in SUMMARY_METRICS if m in before or m in after]
+    return names + sorted(k for k in set(before) | set(after) if k.startswith("task/"))
+
+
+def summary_table(summary: dict[str, Any], title: str = "fedlora run"):
+    """A ``rich.table.Table``: one row per split and metric, before (round 0) / after (last eval) / change."""
+    from rich.table import Table
+
+    table = Table(title=f"{title}: {summary['rounds']} rounds")
+    for col, justify in (("split", "left"), ("metric", "left"), ("before", "right"), ("after", "right"), ("change", "right")):
+        table.add_column(col, justify=justify)
+    for split, s in summary["splits"].items():
+        label = f"{split} (r{s['before_round']}→r{s['after_round']})"
+        for name in _row_names(s["before"], s["after"]):
+            b, a = s["before"].get(name), s["after"].get(name)
+            change = "" if a is None or b is None else f"{a - b:+.4f}"
+            style = "" if not change else ("green" if (a - b > 0) != (name.endswith("loss")) else "red")
+            table.add_row(label, name, _fmt(b), _fmt(a), f"[{style}]{change}[/]" if style else change)
+            label = ""
+    losses = [x for x in summary["train_loss"] if x is not None]
+    if losses:
+        table.add_row("train", "loss (round 1 → last)", _fmt(losses[0]), _fmt(losses[-1]), f"{losses[-1] - losses[0]:+.4f}")
+    table.caption = (f"traffic ↓{summary['bytes_down'] / 1e6:.1f} MB ↑{summary['bytes_up'] / 1e6:.1f} MB; "
+                     f"failed clients {summary['failed_clients']}, rejected updates {summary['rejected_updates']}"
+                     + (f"; {summary['seconds']:.0f} s" if "seconds" in summary else ""))  # fmt: skip
+    return table
+
+
+def compare_table(summaries: dict[str, dict[str, Any]], title: str = "fedlora runs"):
+    """A ``rich.table.Table`` with one row per run: held-out and eval Rouge-L before/after, loss, traffic."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    columns = ("run", "rounds", "heldout rougeL before", "heldout rougeL after", "eval rougeL after", "eval accuracy after",
+               "train loss last", "MB down", "MB up")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for name, s in summaries.items():
+        held, seen = s["splits"].get("heldout", {}), s["splits"].get("eval", {})
+        losses = [x for x in s["train_loss"] if x is not None]
+        table.add_row(name, str(s["rounds"]), _fmt(held.get("before", {}).get("rougeL")), _fmt(held.get("after", {}).get("rougeL")),
+                      _fmt(seen.get("after", {}).get("rougeL")), _fmt(seen.get("after", {}).get("accuracy")),
+                      _fmt(losses[-1] if losses else None), f"{s['bytes_down'] / 1e6:.1f}", f"{s['bytes_up'] / 1e6:.1f}")  # fmt: skip
+    return table
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def print_summary(summary: dict[str, Any], console: Any = None, title: str = "fedlora run") -> None:
+    from rich.console import Console
+
+    (console or Console()).print(summary_table(summary, title))
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_run(records: Sequence[dict], out_dir: str | Path) -> list[Path]:
+    """Write the run's plots into ``out_dir``; returns the files written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [_plot_train_loss(records, out / "train_loss.png"), _plot_eval(records, out / "eval.png"),
+               _plot_traffic(records, out / "communication.png")]  # fmt: skip
+    return [p for p in written if p is not None]
+
+
+def _plot_train_loss(records: Sequence[dict], path: Path) -> Path | None:
+    clients = [r for r in records if r.get("type") == "client" and r.get("loss") is not None]
+    rounds = [r for r in records if r.get("type") == "round" and r.get("train_loss") is not None]
+    if not rounds:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([c["round"] for c in clients], [c["loss"] for c in clients], s=12, alpha=0.4, label="clients")
+    ax.plot([r["round"] for r in rounds], [r["train_loss"] for r in rounds], marker="o", label="mean")
+    ax.set(xlabel="round", ylabel="local training loss", title="training loss per round")
+    ax.legend()
+    return _save(fig, path)
+
+
+def _plot_eval(records: Sequence[dict], path: Path) -> Path | None:
+    evals = [r for r in records if r.get("type") == "eval"]
+    if not evals:
+        return None
+    plt = _plt()
+    metrics = [m for m in ("rougeL", "rougeL_tf", "accuracy", "loss") if any(r.get(m) is not None for r in evals)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for split in ("eval", "heldout"):
+            points = [(r["round"], r[metric]) for r in _evals(records, split) if r.get(metric) is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=split)
+        ax.set(xlabel="round", title=metric)
+        ax.legend()
+    return _save(fig, path)
+
+
+def _plot_traffic(records: Sequence[dict], path: Path) -> Path | None:
+    rounds = [r for r in records if r.get("type") == "round"]
+    if not rounds:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r["round"] for r in rounds]
+    ax.bar([x - 0.2 for x in xs], [r["bytes_down"] / 1e6 for r in rounds], width=0.4, label="down (server → clients)")
+    ax.bar([x + 0.2 for x in xs], [r["bytes_up"] / 1e6 for r in rounds], width=0.4, label="up (clients → server)")
+    ax.set(xlabel="round", ylabel="MB", title="communication per round")
+    ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,320 @@
+"""fedlora bench: grid parsing, baselines, a 2 x 2 x 1 grid on the tiny model that resumes, tables,
+plots and communication volume checked against the tensor sizes of the plans."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fedlora.bench import BenchError, cell_dir, cell_state, load_bench, run_cell, run_grid
+from fedlora.bench.baselines import (
+    BaselinePlanner,
+    drop_small_by_budget,
+    drop_small_by_rank,
+    full_lora_fits,
+    select_last_layers,
+    select_random_modules,
+)
+from fedlora.bench.cli import main as bench_main
+from fedlora.bench.cli import write_report
+from fedlora.bench.doc import compare, write_results_doc
+from fedlora.bench.plots import PLOT_FILES
+from fedlora.bench.results import Aggregate, collect
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_BASE = """
+[base.run]
+rounds = 2
+[base.model]
+name = "tiny"
+[base.data]
+tasks = ["rt_sentiment", "headline_source", "word_sentiment"]
+heldout_tasks = ["word_sentiment"]
+num_clients = 3
+max_train_per_task = 4
+max_eval_per_task = 2
+[base.clients]
+rank_levels = [2, 4]
+[base.train]
+local_steps = 1
+batch_size = 2
+max_length = 32
+[base.eval]
+max_new_tokens = 2
+max_length = 32
+generate = false
+"""
+
+RANK_BENCH = """
+[bench]
+name = "tiny"
+seeds = [0]
+primary_metric = "heldout/rougeL_tf"
+metrics = ["heldout/loss", "eval/loss", "train/loss"]
+[bench.claim]
+text = "FlexLoRA beats FedIT."
+method = "flexlora"
+""" + TINY_BASE + """
+[methods.flexlora]
+label = "FlexLoRA"
+strategy.name = "flexlora"
+[methods.fedit-max-drop]
+strategy.name = "fedit"
+plan = "drop-small"
+[distributions.uniform]
+clients.rank_distribution = "uniform"
+[distributions.light]
+clients.rank_distribution = "heavy-tail-light"
+"""
+
+TINY_BYTES_PER_RANK = 2 * (128 + 96 + 96 + 128 + 192 + 192 + 192) * 4
+"""fp32 bytes of one rank of every LoRA factor pair of the tiny Llama: 2 layers x sum of (d_in + d_out)
+over q (64->64), k and v (64->32), o (64->64), gate and up (64->128), down (128->64)."""
+
+
+def _write(tmp_path: Path, text: str, name: str = "bench.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_spec(tiny_model):
+    from fedlora.models import DEFAULT_TARGETS, model_spec
+
+    return model_spec(tiny_model[0], DEFAULT_TARGETS)
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+def test_grid_expands_methods_distributions_seeds(tmp_path):
+    bench = load_bench(_write(tmp_path, RANK_BENCH.replace("seeds = [0]", "seeds = [0, 1]")))
+    assert [c.id for c in bench.cells][:3] == ["flexlora__uniform__seed0", "flexlora__uniform__seed1", "fedit-max-drop__uniform__seed0"]
+    assert len(bench.cells) == 2 * 2 * 2
+    cell = bench.cells[-1]
+    assert (cell.config.run.seed, cell.config.run.name) == (1, "fedit-max-drop__light__seed1")
+    assert cell.config.strategy.name == "fedit" and cell.method.plan == "drop-small"
+    assert cell.config.clients.rank_distribution == "heavy-tail-light"
+    assert bench.metrics[0] == "heldout/rougeL_tf" and bench.claim.baselines == ("fedit-max-drop",)
+
+
+def test_grid_reports_every_problem_at_once(tmp_path):
+    text = RANK_BENCH.replace('plan = "drop-small"', 'plan = "drop-smal"').replace('primary_metric = "heldout/rougeL_tf"', 'primary_metric = "rougeL"')
+    text += '\n[methods.bad]\nstrategy.name = "fedavg"\ntrain.lrr = 1\n'
+    with pytest.raises(BenchError) as err:
+        load_bench(_write(tmp_path, text))
+    message = str(err.value)
+    assert "plan = 'drop-smal'" in message and "did you mean 'drop-small'" in message
+    assert "metric 'rougeL'" in message
+    assert len(err.value.errors) >= 3
+
+
+def test_cell_config_errors_name_the_cell(tmp_path):
+    text = RANK_BENCH + '\n[methods.hetlora]\nstrategy.name = "hetlora"\nstrategy.gama = 0.9\n'
+    with pytest.raises(BenchError, match=r"cells hetlora under uniform, hetlora under light: strategy.gama"):
+        load_bench(_write(tmp_path, text))
+
+
+def test_strategy_change_replaces_the_strategy_table(tmp_path):
+    text = RANK_BENCH.replace("[base.train]", '[base.strategy]\nname = "hetlora"\ngamma = 0.9\n[base.train]')
+    bench = load_bench(_write(tmp_path, text))
+    assert bench.cells[0].config.strategy.params == {}
+
+
+def test_quick_variant_extends_its_parent(tmp_path):
+    _write(tmp_path, RANK_BENCH)
+    _write(tmp_path, '[bench]\nextends = "bench.toml"\nmethods = ["flexlora"]\n[base.run]\nrounds = 1\n', "bench_quick.toml")
+    quick = load_bench(tmp_path / "bench.toml", quick=True)
+    assert quick.name == "bench_quick" and [m.name for m in quick.methods] == ["flexlora"]
+    assert {c.config.run.rounds for c in quick.cells} == {1} and quick.cells[0].config.model.name == "tiny"
+
+
+@pytest.mark.parametrize("name,cells", [("bucket_effect", 6 * 4 * 3), ("bucket_effect_quick", 4 * 2), ("memory_constrained", 4 * 2 * 3),
+                                        ("memory_constrained_quick", 4)])  # fmt: skip
+def test_bundled_bench_files_are_valid(name, cells):
+    bench = load_bench(REPO / "benchmarks" / f"{name}.toml")
+    assert len(bench.cells) == cells
+    assert bench.claim is not None and bench.claim.method in {m.name for m in bench.methods}
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def test_last_layers_is_the_longest_fitting_suffix(tiny_spec):
+    from fedlora.allocation.memory import MemoryModel
+
+    kwargs = {"batch_size": 2, "seq_len": 32}
+    mm, budget = MemoryModel(tiny_spec, **kwargs), 1_000_000
+    sel = select_last_layers(tiny_spec, budget, kwargs, 4)
+    order = [m.name for m in sorted(tiny_spec.modules, key=lambda m: m.layer)]
+    assert "model.layers.1.mlp.down_proj" in sel.modules and sel.predicted_bytes <= budget
+    frozen = {m.name: 4 for m in tiny_spec.modules}
+    assert mm.peak_bytes(sel.modules, frozen=frozen) == sel.predicted_bytes
+    assert 0 < len(sel.modules) < len(order)
+    assert all(tiny_spec.module(m).layer >= sel.shallowest_layer for m in sel.modules)
+
+
+def test_random_modules_fit_and_follow_the_seed(tiny_spec):
+    kwargs = {"batch_size": 2, "seq_len": 32}
+    picks = [select_random_modules(tiny_spec, 1_000_000, kwargs, 4, seed) for seed in (0, 0, 1, 2, 3)]
+    assert picks[0].modules == picks[1].modules
+    assert len({tuple(p.modules) for p in picks}) > 1
+    assert all(p.predicted_bytes <= 1_000_000 for p in picks)
+
+
+def test_drop_small_keeps_only_full_clients(tiny_spec):
+    kwargs = {"batch_size": 2, "seq_len": 32}
+    plans = drop_small_by_rank(tiny_spec, ["a", "b", "c"], [2, 4, 4], alpha_ratio=2.0)
+    assert [p.client_id for p in plans] == ["b", "c"] and {r for p in plans for r in p.ranks.values()} == {4}
+    assert not full_lora_fits(tiny_spec, 800_000, kwargs, 4) and full_lora_fits(tiny_spec, 1_300_000, kwargs, 4)
+    plans = drop_small_by_budget(tiny_spec, ["a", "b"], [800_000, 1_300_000], kwargs, 4, 2.0)
+    assert [p.client_id for p in plans] == ["b"] and plans[0].trainable is None
+
+
+def test_baseline_planner_modes(tiny_spec):
+    kwargs = {"batch_size": 2, "seq_len": 32}
+    common = dict(ranks=[4, 4], budgets=[800_000, 1_300_000], mm_kwargs=kwargs, rank=4, alpha_ratio=2.0, seed=0)
+    random_planner = BaselinePlanner("random-modules", tiny_spec, ["a", "b"], **common)
+    r1, r2 = random_planner.plans(1, ["a", "b"]), random_planner.plans(2, ["a", "b"])
+    assert set(r1["a"].ranks) == set(tiny_spec.module_names)  # every module carries an adapter, the selection trains
+    assert r1 == random_planner.plans(1, ["a", "b"]) and r1["a"].trainable != r2["a"].trainable
+    assert len(r1["b"].trainable) == len(tiny_spec.modules)
+    assert BaselinePlanner("drop-small", tiny_spec, ["a", "b"], **common).ids == ("b",)
+    with pytest.raises(ValueError, match="memory budgets"):
+        BaselinePlanner("last-layers", tiny_spec, ["a"], **{**common, "ranks": [4], "budgets": None})
+
+
+# ----------------------------------------------------------------------------- the grid, for real
+
+
+def _expected_bytes(cell, spec_ranks: list[int]) -> int:
+    """Bytes sent over the run: every client's factors up each round, down from round 2 (round 1 starts fresh)."""
+    rounds = cell.config.run.rounds
+    if cell.method.plan == "drop-small":
+        spec_ranks = [r for r in spec_ranks if r == max(spec_ranks)]
+    elif cell.config.strategy.name == "fedit":
+        spec_ranks = [min(spec_ranks)] * len(spec_ranks)
+    return rounds * sum(spec_ranks) * TINY_BYTES_PER_RANK
+
+
+@pytest.mark.integration
+def test_grid_runs_resumes_and_reports(tmp_path, monkeypatch):
+    from fedlora.bench import runner
+    from fedlora.engine.plans import client_ranks
+
+    bench = load_bench(_write(tmp_path, RANK_BENCH))
+    out = tmp_path / "out"
+    first = run_grid(bench, out, max_cells=1, verbose=False, log=lambda s: None)
+    assert [o.status for o in first.outcomes] == ["done"]
+    partial = bench.cells[1]
+    assert run_cell(partial, cell_dir(out, partial), metrics=bench.metrics, stop_after=1) is None  # "killed" after round 1
+    assert cell_state(cell_dir(out, partial)) == "partial"
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_grid(bench, out, verbose=False, log=lambda s: None)
+
+    done_mtime = (cell_dir(out, bench.cells[0]) / "result.json").stat().st_mtime_ns
+    calls: list[str] = []
+    real = runner.run_cell
+    monkeypatch.setattr(runner, "run_cell", lambda cell, *a, **k: calls.append(cell.id) or real(cell, *a, **k))
+    second = run_grid(bench, out, resume=True, verbose=False, log=lambda s: None)
+    assert calls == [c.id for c in bench.cells[1:]]  # the finished cell is not run again
+    assert [o.status for o in second.outcomes] == ["skipped", "done", "done", "done"]
+    assert second.outcomes[1].resumed_from == 1
+    assert (cell_dir(out, bench.cells[0]) / "result.json").stat().st_mtime_ns == done_mtime
+    resumed = [json.loads(line) for line in (cell_dir(out, partial) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in resumed if r["type"] == "round"] == [1, 2]  # round 1 not trained twice
+
+    paths = write_report(bench, out)
+    rows = collect(out, [c.id for c in bench.cells])
+    assert len(rows) == 4 and all(r.rounds == 2 for r in rows)
+    csv_text, md_text = paths["cells_csv"].read_text(), paths["markdown"].read_text()
+    for cell in bench.cells:
+        assert cell.id in csv_text and cell.id in md_text
+    for name in PLOT_FILES:
+        png = out / "plots" / name
+        assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size < 300_000
+    for row, cell in zip(rows, bench.cells):  # communication = the factor tensors of the plans, fp32
+        ranks = client_ranks(cell.config)
+        assert row.bytes_up == _expected_bytes(cell, ranks), cell.id
+        assert row.bytes_down == row.bytes_up // cell.config.run.rounds * (cell.config.run.rounds - 1), cell.id
+
+    assert bench_main([str(bench.path), "--out", str(out), "--report"]) == 0
+    doc = write_results_doc([out], tmp_path / "docs" / "results.md")
+    text = doc.read_text()
+    assert "![metric_per_round](results/tiny/metric_per_round.png)" in text and "one seed" in text
+    assert (tmp_path / "docs" / "results" / "tiny" / "final_metric.png").is_file()
+
+
+MEMORY_BENCH = """
+[bench]
+name = "tiny_memory"
+seeds = [0]
+primary_metric = "eval/loss"
+""" + TINY_BASE.replace("num_clients = 3", "num_clients = 2").replace(
+    "rank_levels = [2, 4]", "fedpilot_rank = 4\nbudgets = [800000, 1300000]\n[base.strategy]\nname = \"fedpilot\""
+) + """
+[methods.fedpilot]
+strategy.name = "fedpilot"
+[methods.exclude-small]
+plan = "drop-small"
+[methods.last-layers]
+plan = "last-layers"
+[methods.random-modules]
+plan = "random-modules"
+[distributions.half-small]
+"""
+
+
+@pytest.mark.integration
+def test_memory_baselines_train_what_fits(tmp_path, tiny_spec):
+    """Budgets 800 kB (too small for full LoRA on the tiny model at batch 2 x 32) and 1.3 MB (fits):
+    each baseline trains what its planner picks, and the bytes up and down are those modules' factors."""
+    bench = load_bench(_write(tmp_path, MEMORY_BENCH))
+    out = tmp_path / "out"
+    report = run_grid(bench, out, verbose=False, log=lambda s: None)
+    assert [o.status for o in report.outcomes] == ["done"] * 4, [o.error for o in report.outcomes]
+    assert not full_lora_fits(tiny_spec, 800_000, {"batch_size": 2, "seq_len": 32}, 4)
+    size = {m.name: 4 * (m.d_in + m.d_out) * 4 for m in tiny_spec.modules}  # rank 4, fp32
+    common = dict(ranks=[4, 4], budgets=[800_000, 1_300_000], mm_kwargs={"batch_size": 2, "seq_len": 32}, rank=4, alpha_ratio=2.0, seed=0)
+    for cell in bench.cells:
+        records = [json.loads(line) for line in (cell_dir(out, cell) / "metrics.jsonl").read_text().splitlines()]
+        clients = [r for r in records if r["type"] == "client"]
+        assert clients and all(r["status"] == "ok" for r in clients), cell.id
+        small = [r for r in clients if r["client"] == "client_000"]
+        if cell.method.plan is None:  # Fed-pilot: the small client trains a subset, the large one more
+            assert small and all(r["trained_modules"] < len(size) for r in small)
+            continue
+        planner = BaselinePlanner(cell.method.plan, tiny_spec, ["client_000", "client_001"], **common)
+        trained_before: set[str] = set()
+        for rnd in (1, 2):
+            plans = planner.plans(rnd, list(planner.ids))
+            for r in (r for r in clients if r["round"] == rnd):
+                plan = plans[r["client"]]
+                assert r["trained_modules"] == len(plan.trainable_modules)
+                assert r["bytes_up"] == sum(size[m] for m in plan.trainable_modules), (cell.id, rnd)
+                assert r["bytes_down"] == sum(size[m] for m in plan.ranks if m in trained_before), (cell.id, rnd)
+            trained_before |= {m for p in plans.values() for m in p.trainable_modules}
+        if cell.method.plan == "drop-small":
+            assert not small
+        else:
+            assert small and all(r["trained_modules"] < len(size) for r in small)
+
+
+# ----------------------------------------------------------------------------- claim check
+
+
+def test_compare_verdicts_are_conservative():
+    def agg(method, mean, std, n):
+        return Aggregate(method, "d", n, {"m": mean}, {"m": std})
+
+    one = compare([agg("a", 0.5, 0.0, 1), agg("b", 0.4, 0.0, 1)], "a", ["b"], "m")
+    assert one[0].verdict == "one seed" and one[0].diff == pytest.approx(0.1) and one[0].relative == pytest.approx(0.25)
+    noisy = compare([agg("a", 0.5, 0.1, 3), agg("b", 0.45, 0.1, 3)], "a", ["b"], "m")
+    assert noisy[0].verdict == "within noise"  # 0.05 < 2 * sqrt(2 * 0.01 / 3) = 0.163
+    clear = compare([agg("a", 0.5, 0.01, 3), agg("b", 0.4, 0.01, 3)], "a", ["b", "missing"], "m")
+    assert [c.verdict for c in clear] == ["better"]

@@ -1,0 +1,179 @@
+"""fedlora.engine on the tiny model: every strategy runs and learns, resume is exact, a failing
+client does not stop its round, runs refuse to clobber each other, traffic is counted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fedlora.config import parse_config
+from fedlora.engine.metrics_log import read_metrics
+from fedlora.engine.run import Engine, RunError, adapter_bytes
+from fedlora.engine.sampling import client_seed, clients_per_round, sample_clients
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tiny model gains nothing from threads, and on a shared CPU extra threads spin-wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TASKS = {
+    "colour": ("Name the colour of this item.", lambda i: f"item {i}", lambda i: ["red", "green", "blue"][i % 3]),
+    "parity": ("Is this number even or odd?", lambda i: str(i), lambda i: "even" if i % 2 == 0 else "odd"),
+    "echo": ("Repeat the word.", lambda i: ["cat", "dog", "sun"][i % 3], lambda i: ["cat", "dog", "sun"][i % 3]),
+}
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    rows = [{"instruction": ins, "input": inp(i), "output": out(i), "task": t} for t, (ins, inp, out) in TASKS.items() for i in range(16)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def tiny_config(data_file, **sections) -> "Config":  # noqa: F821
+    raw = {
+        "run": {"rounds": 3, "seed": 3},
+        "model": {"name": "tiny"},
+        "data": {"source": "jsonl", "train_path": str(data_file), "heldout_tasks": ["echo"], "num_clients": 4,
+                 "partition": "iid", "max_eval_per_task": 3},
+        "clients": {"ranks": [2, 4, 8, 4]},
+        "train": {"local_steps": 4, "batch_size": 4, "lr": 1e-2, "max_length": 48},
+        "eval": {"generate": False, "max_length": 48, "batch_size": 8},
+    }  # fmt: skip
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return parse_config(raw)
+
+
+def _train_losses(records) -> list[float]:
+    return [r["train_loss"] for r in records if r["type"] == "round"]
+
+
+def _assert_same_adapter(a, b) -> None:
+    assert sorted(a) == sorted(b)
+    for m in a:
+        assert torch.equal(a[m].A, b[m].A) and torch.equal(a[m].B, b[m].B) and a[m].alpha == b[m].alpha, m
+
+
+# ----------------------------------------------------------------------------- every strategy
+
+STRATEGIES = {
+    "fedit": {},
+    "flexlora": {},
+    "hetlora": {},
+    "flora": {},
+    "ffa": {},
+    "fedpilot": {"clients": {"budgets": ["1.5MiB", "2MiB", "3MiB", "4MiB"], "fedpilot_rank": 4}},
+}
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_each_strategy_runs_three_rounds_and_the_loss_goes_down(name, data_file, tmp_path):
+    cfg = tiny_config(data_file, strategy={"name": name}, **STRATEGIES[name])
+    result = Engine(cfg, tmp_path / name).run()
+    losses = _train_losses(result.records)
+    assert result.completed_rounds == 3 and len(losses) == 3
+    assert losses[-1] < losses[0], losses
+    evals = [r for r in result.records if r["type"] == "eval" and r["split"] == "eval"]
+    assert [r["round"] for r in evals] == [0, 1, 2, 3]
+    assert evals[-1]["loss"] < evals[0]["loss"]
+    assert result.strategy.global_adapter()
+    assert all(r["status"] == "ok" for r in result.records if r["type"] == "client")
+
+
+def test_heterogeneous_ranks_reach_the_clients(data_file, tmp_path):
+    engine = Engine(tiny_config(data_file, run={"rounds": 1}), tmp_path)
+    result = engine.run()
+    clients = {r["client"]: r for r in result.records if r["type"] == "client"}
+    assert [clients[c]["rank"] for c in sorted(clients)] == [2, 4, 8, 4]
+    # uploads are the real tensors: rank r_k factors of every module
+    per_rank = {r: sum(r * (m.d_in + m.d_out) * 4 for m in engine.spec.modules) for r in (2, 4, 8)}
+    assert [clients[c]["bytes_up"] for c in sorted(clients)] == [per_rank[2], per_rank[4], per_rank[8], per_rank[4]]
+
+
+def test_fedit_baseline_puts_everyone_at_the_minimum_rank(data_file, tmp_path):
+    result = Engine(tiny_config(data_file, run={"rounds": 1}, strategy={"name": "fedit"}), tmp_path).run()
+    assert {r["rank"] for r in result.records if r["type"] == "client"} == {2}
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize(("name", "every", "stop"), [("flexlora", 1, 2), ("flora", 2, 3), ("hetlora", 1, 1)])
+def test_kill_and_resume_gives_the_uninterrupted_result(name, every, stop, data_file, tmp_path):
+    cfg = tiny_config(data_file, strategy={"name": name}, run={"rounds": 4, "checkpoint_every": every},
+                      clients={"clients_per_round": 0.75})  # fmt: skip
+    full = Engine(cfg, tmp_path / "full").run()
+    Engine(cfg, tmp_path / "cut").run(stop_after=stop)  # "killed" after round `stop`
+    resumed = Engine(cfg, tmp_path / "cut").run(resume=True)
+    _assert_same_adapter(full.strategy.global_adapter(), resumed.strategy.global_adapter())
+    assert _train_losses(resumed.records) == _train_losses(full.records)
+    logged = read_metrics(tmp_path / "cut")  # rounds past the checkpoint were dropped and redone once
+    assert [r["round"] for r in logged if r["type"] == "round"] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_a_different_federation(data_file, tmp_path):
+    cfg = tiny_config(data_file, run={"rounds": 1})
+    Engine(cfg, tmp_path).run()
+    with pytest.raises(RunError, match="already holds a run"):
+        Engine(cfg, tmp_path).run()
+    with pytest.raises(RunError, match="train.lr: checkpoint 0.01, now 0.02"):
+        Engine(tiny_config(data_file, run={"rounds": 2}, train={"lr": 2e-2}), tmp_path).run(resume=True)
+    with pytest.raises(RunError, match="holds no checkpoint"):
+        Engine(cfg, tmp_path / "empty").run(resume=True)
+
+
+def test_resume_can_extend_a_finished_run(data_file, tmp_path):
+    Engine(tiny_config(data_file, run={"rounds": 1}), tmp_path).run()
+    longer = Engine(tiny_config(data_file, run={"rounds": 2}), tmp_path).run(resume=True)
+    assert longer.completed_rounds == 2 and len(_train_losses(longer.records)) == 2
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def test_a_failing_client_is_reported_and_the_round_completes(data_file, tmp_path):
+    engine = Engine(tiny_config(data_file, run={"rounds": 2}), tmp_path)
+    engine.setup()
+    real_train = engine.trainer.train
+
+    def flaky(payload, examples, *, client_seed):
+        if payload.plan.client_id == "client_001":
+            raise RuntimeError("out of memory on this phone")
+        return real_train(payload, examples, client_seed=client_seed)
+
+    engine.trainer.train = flaky
+    result = engine.run()
+    rounds = [r for r in result.records if r["type"] == "round"]
+    assert [r["accepted"] for r in rounds] == [3, 3]
+    assert all("client_001" in r["failed"] and "out of memory on this phone" in r["failed"]["client_001"] for r in rounds)
+    failed = [r for r in result.records if r["type"] == "client" and r["status"] == "failed"]
+    assert len(failed) == 2 and "RuntimeError" in failed[0]["error"] and "(at " in failed[0]["error"]
+    assert "Traceback" in (tmp_path / "client_errors.log").read_text()
+    assert result.summary["failed_clients"] == 2
+
+
+# ----------------------------------------------------------------------------- sampling and bytes
+
+
+def test_sampling_is_a_function_of_seed_and_round():
+    ids = [f"c{i}" for i in range(10)]
+    assert clients_per_round(0.3, 10) == 3 and clients_per_round(4, 10) == 4 and clients_per_round(0.01, 10) == 1
+    a = sample_clients(ids, 5, 3, seed=1)
+    assert a == sample_clients(ids, 5, 3, seed=1) and len(a) == 3 and a == sorted(a, key=ids.index)
+    assert {tuple(sample_clients(ids, r, 3, seed=1)) for r in range(1, 20)} != {tuple(a)}
+    assert client_seed(1, 2, "c0") == client_seed(1, 2, "c0") != client_seed(1, 3, "c0")
+
+
+def test_adapter_bytes_counts_tensor_storage():
+    from fedlora.lora.factors import LoraFactors
+
+    f = LoraFactors(torch.zeros(4, 10), torch.zeros(6, 4, dtype=torch.float64), 8.0)
+    assert adapter_bytes({"m": f}) == 4 * 10 * 4 + 6 * 4 * 8 and adapter_bytes(None) == 0

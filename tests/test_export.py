@@ -1,0 +1,90 @@
+"""fedlora.export: the exported global adapter loads with PEFT and reproduces the engine's model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from fedlora.config import parse_config
+from fedlora.engine.run import Engine
+from fedlora.export import export_run, run_global_adapter
+from fedlora.testing import tiny_llama
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tiny model gains nothing from threads, and on a shared CPU extra threads spin-wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+IDS = torch.tensor([[2, 80, 90, 100, 110, 3, 70, 71]])
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    rows = [{"instruction": "Name the colour.", "input": f"item {i}", "output": ["red", "green", "blue"][i % 3],
+             "task": f"t{i % 2}"} for i in range(24)]  # fmt: skip
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _run(data_file, tmp_path, strategy: str) -> Engine:
+    cfg = parse_config({
+        "run": {"rounds": 2, "seed": 5}, "model": {"name": "tiny"},
+        "data": {"source": "jsonl", "train_path": str(data_file), "num_clients": 3, "partition": "iid", "max_eval_per_task": 2},
+        "clients": {"ranks": [2, 4, 8]}, "strategy": {"name": strategy},
+        "train": {"local_steps": 3, "lr": 2e-2, "max_length": 32}, "eval": {"generate": False, "seen": False, "heldout": False},
+    })  # fmt: skip
+    engine = Engine(cfg, tmp_path / "run")
+    engine.run()
+    return engine
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+@pytest.mark.parametrize("strategy", ["flexlora", "flora", "hetlora"])
+def test_exported_adapter_loads_with_peft_and_reproduces_the_engine(strategy, data_file, tmp_path):
+    engine = _run(data_file, tmp_path, strategy)
+    with engine.trainer.use_adapter(engine.strategy.global_adapter()) as model:
+        expected = _logits(model)
+    paths = export_run(engine.run_dir)
+    assert (paths["adapter"] / "adapter_config.json").is_file()
+    base, _ = tiny_llama(seed=0)
+    with torch.no_grad():
+        plain = _logits(base)
+    peft_model = PeftModel.from_pretrained(base, str(paths["adapter"])).eval()
+    got = _logits(peft_model)
+    assert not torch.allclose(plain, expected, atol=1e-4)  # the adapter does something
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_merged_export_matches_the_adapter(data_file, tmp_path):
+    engine = _run(data_file, tmp_path, "flexlora")
+    with engine.trainer.use_adapter(engine.strategy.global_adapter()) as model:
+        expected = _logits(model)
+    paths = export_run(engine.run_dir, tmp_path / "out", merged=True, model_and_tokenizer=tiny_llama(seed=0))
+    merged = AutoModelForCausalLM.from_pretrained(str(paths["merged"])).eval()
+    torch.testing.assert_close(_logits(merged), expected, atol=1e-4, rtol=1e-4)
+    assert (paths["merged"] / "tokenizer_config.json").is_file()
+
+
+def test_global_adapter_of_a_run_dir(data_file, tmp_path):
+    engine = _run(data_file, tmp_path, "flexlora")
+    cfg, adapter, round_ = run_global_adapter(engine.run_dir)
+    assert cfg == engine.cfg and round_ == 2
+    assert sorted(adapter) == sorted(engine.strategy.global_adapter())
+
+
+def test_export_of_a_folder_without_run_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint.pt"):
+        export_run(tmp_path)
