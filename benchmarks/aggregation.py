@@ -2,16 +2,19 @@
 
     python benchmarks/aggregation.py            # LLaMA-7B-shaped round: 32 layers x q,k,v,o (4096 x 4096)
     python benchmarks/aggregation.py --quick    # smoke run: 2 layers of 2048 x 2048
+    python benchmarks/aggregation.py --threads 1  # one intra-op thread (steadier on a shared machine)
 
 A round: 10 clients, ranks drawn (seeded) from {4, 8, 16, 32, 64}, alpha 16 (so the scales differ),
 n_k drawn from [50, 500]. Per module the server must produce every client's rank-r_k factors of
 ΔW = Σ p_k s_k B_k A_k.
 
-- factored (fedlora): ``flexlora_aggregate`` (QR of the stacked factors + R x R SVD, float64) and
-  ``flexlora_client_factors`` per client. Timed on every module.
+- factored (fedlora): ``flexlora_aggregate`` (QR of the stacked factors + R x R SVD; float64 math,
+  float32 storage) and ``flexlora_client_factors`` per client. Timed on every module.
 - dense reference (what the official FlexLoRA release does): form ΔW in float32, then
   ``torch.linalg.svd(ΔW)`` (full matrices) and slice U S, Vh per client. It is slow (~16 s per
-  4096² module on 2 cores), so it is timed on a sample of modules and scaled to the whole round.
+  4096² module on 2 idle cores, several times more on a loaded machine), so it is timed on a sample
+  of modules and scaled to the whole round. On ``--exact-sample`` modules both are also compared
+  with a float64 dense SVD, the exact yardstick (the float32 reference has errors of its own).
 
 Peak memory: each variant runs on one module in a child process (after a warm-up module of the
 same size, so one-off library buffers are not counted against either); the child resets the
