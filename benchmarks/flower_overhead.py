@@ -19,7 +19,7 @@ latency each mode adds, and it moves far less with CPU contention than training 
 
     .venv/bin/python benchmarks/flower_overhead.py                       # built-in tiny config
     .venv/bin/python benchmarks/flower_overhead.py --config examples/quickstart.toml \\
-        --set run.rounds=2 --set train.local_steps=2 --set data.num_clients=2
+        --set run.rounds=2 --set train.local_steps=4 --set data.num_clients=2 --set clients.rank_levels=[4,16]
 """
 
 from __future__ import annotations

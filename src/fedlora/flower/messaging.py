@@ -85,14 +85,8 @@ def exchange(
     while pending:
         for reply in grid.pull_messages(list(pending)):
             node = pending.pop(reply.metadata.reply_to_message_id, None)
-            if node is None:
-                continue
-            if reply.has_error() and reply.error.code in _UNAVAILABLE:
-                out.missing[node] = f"no reply ({_UNAVAILABLE[reply.error.code]}): {_first_line(reply.error.reason)}"
-            elif reply.has_error():
-                out.errors[node] = f"error code {reply.error.code}: {_first_line(reply.error.reason)}"
-            else:
-                out.replies[node] = reply
+            if node is not None:
+                _sort_reply(out, node, reply)
         now = time.monotonic()
         if not pending or now - start >= timeout:
             break
@@ -104,6 +98,15 @@ def exchange(
         out.missing[node] = f"no reply within {timeout:g} s"
     out.seconds = time.monotonic() - start
     return out
+
+
+def _sort_reply(out: Exchange, node: int, reply: Message) -> None:
+    if not reply.has_error():
+        out.replies[node] = reply
+    elif reply.error.code in _UNAVAILABLE:
+        out.missing[node] = f"no reply ({_UNAVAILABLE[reply.error.code]}): {_first_line(reply.error.reason)}"
+    else:
+        out.errors[node] = f"error code {reply.error.code}: {_first_line(reply.error.reason)}"
 
 
 def _drop_departed(grid: Grid, pending: dict[str, int], out: Exchange) -> None:
