@@ -318,3 +318,15 @@ def test_compare_verdicts_are_conservative():
     assert noisy[0].verdict == "within noise"  # 0.05 < 2 * sqrt(2 * 0.01 / 3) = 0.163
     clear = compare([agg("a", 0.5, 0.01, 3), agg("b", 0.4, 0.01, 3)], "a", ["b", "missing"], "m")
     assert [c.verdict for c in clear] == ["better"]
+
+
+def test_compare_counts_lower_loss_as_better():
+    aggs = [Aggregate("a", "d", 1, {"eval/loss": 1.0}, {"eval/loss": 0.0}), Aggregate("b", "d", 1, {"eval/loss": 1.5}, {"eval/loss": 0.0})]
+    (c,) = compare(aggs, "a", ["b"], "eval/loss")
+    assert c.diff == pytest.approx(0.5) and c.relative == pytest.approx(1 / 3)
+
+
+def test_base_config_error_is_reported_once(tmp_path):
+    with pytest.raises(BenchError) as err:
+        load_bench(_write(tmp_path, RANK_BENCH.replace("local_steps = 1", "local_steps = 0")))
+    assert err.value.errors == ["every cell: train.local_steps = 0: must be >= 1"]

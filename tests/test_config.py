@@ -94,7 +94,7 @@ def test_bad_value_names_key_value_and_allowed():
 
 def test_wrong_type_is_reported():
     (error,) = _errors({"train": {"batch_size": "four"}})
-    assert error == "train.batch_size = 'four': must be an integer, got str"
+    assert error == "train.batch_size = 'four': must be an integer; got a string"
     (error,) = _errors({"run": {"rounds": True}})
     assert "run.rounds" in error and "integer" in error
 

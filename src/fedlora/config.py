@@ -29,6 +29,7 @@ import difflib
 import inspect
 import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -74,8 +75,9 @@ class RunSection:
     rounds: int = opt(3, "federated rounds", ge=1)
     eval_every: int = opt(1, "evaluate the global adapter every k rounds (round 0 and the last round always); 0: only those", ge=0)
     checkpoint_every: int = opt(1, "write a resumable checkpoint every k rounds (the last round always)", ge=1)
-    threads: int = opt(0, "torch CPU threads (0: torch's default, one per core); on a CPU shared with other jobs, "
-                       "fewer threads than cores avoids oversubscription", ge=0)
+    threads: int = opt(0, "torch CPU threads; 0: auto, torch's default lowered to the cores not busy with other "
+                       "processes when the run starts (1-minute load average), since oversubscribed threads spin-wait "
+                       "(measured 2-5x slower); set a number to fix it (results may differ in the last bits between counts)", ge=0)
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ def _matches(value: Any, tp: Any) -> bool:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is type(None):
         return value is None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         return any(_matches(value, a) for a in args)
     if origin is list:
         return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
@@ -224,13 +226,22 @@ def _matches(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
-def _describe(tp: Any) -> str:
+_SINGULAR = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
+_PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+
+
+def _describe(tp: Any, plural: bool = False) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is list:
-        return f"a list of {_describe(args[0])}"
+        return f"a list of {_describe(args[0], plural=True)}"
     if args:
-        return " or ".join(_describe(a) for a in args if a is not type(None))
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}.get(tp, _type_name(tp))
+        return " or ".join(_describe(a, plural) for a in args if a is not type(None))
+    return (_PLURAL if plural else _SINGULAR).get(tp, _type_name(tp))
+
+
+def _kind(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "a list", dict: "a table"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _suggest(word: str, options: Sequence[str]) -> str:
@@ -241,7 +252,10 @@ def _suggest(word: str, options: Sequence[str]) -> str:
 def _check_value(key: str, value: Any, tp: Any, meta: Mapping) -> str | None:
     """One problem with ``value`` for field ``key``, or None."""
     if not _matches(value, tp):
-        return f"{key} = {value!r}: must be {_describe(tp)}, got {type(value).__name__}"
+        item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+        bad = next((v for v in value if not _matches(v, item)), None) if item is not None and isinstance(value, list) else None
+        found = f"{bad!r} is {_kind(bad)}" if bad is not None else f"got {_kind(value)}"
+        return f"{key} = {value!r}: must be {_describe(tp)}; {found}"
     choices = meta.get("choices")
     if choices and value not in choices:
         return f"{key} = {value!r}: must be one of {', '.join(map(repr, choices))}{_suggest(value, choices)}"

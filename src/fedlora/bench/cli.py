@@ -1,6 +1,6 @@
 """``fedlora bench``: run methods side by side over a grid, then tables and plots.
 
-    fedlora bench BENCH.toml [--quick] [--out DIR] [--resume] [--set KEY=VALUE ...] [--only TEXT ...]
+    fedlora bench BENCH.toml [--quick] [--out DIR] [--resume] [--set KEY=VALUE ...] [--seeds 0,1,2] [--only TEXT ...]
                              [--list] [--report] [--max-cells N] [--quiet] [--threads N]
     fedlora bench doc OUT_DIR [OUT_DIR ...] [--doc docs/results.md] [--assets docs/results] [--intro TEXT]
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip finished cells and resume partial ones from their checkpoints")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run-config value in every cell, e.g. --set train.local_steps=2")
+    p.add_argument("--seeds", help="comma-separated seeds replacing bench.seeds, e.g. 0,1,2")
     p.add_argument("--only", action="append", default=[], metavar="TEXT", help="run only cells whose id contains TEXT (repeatable: any)")
     p.add_argument("--list", action="store_true", help="list the cells and their state, run nothing")
     p.add_argument("--report", action="store_true", help="only rebuild tables and plots from the finished cells")
@@ -93,12 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "doc":
         return _doc(argv[1:])
     args = build_parser().parse_args(argv)
-    from fedlora.bench.grid import BenchError, load_bench
+    from fedlora.bench.grid import load_bench
     from fedlora.bench.runner import run_grid
 
     try:
-        bench = load_bench(args.bench, quick=args.quick, overrides=args.overrides)
-    except BenchError as err:
+        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+        bench = load_bench(args.bench, quick=args.quick, overrides=args.overrides, seeds=seeds)
+    except ValueError as err:  # BenchError, or --seeds that are not integers
         print(f"fedlora bench: {err}", file=sys.stderr)
         return EXIT_USAGE
     out_dir = Path(args.out) if args.out else Path("runs") / "bench" / bench.name
@@ -123,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "continues without redoing finished cells", file=sys.stderr)  # fmt: skip
             return EXIT_INTERRUPTED
         failed = len(report.failed)
+    else:
+        from fedlora.bench.runner import record_bench
+
+        record_bench(bench, out_dir, invocation=False)  # labels and descriptions as the bench file says now
     paths = write_report(bench, out_dir)
     print(f"results: {paths['markdown']} ({paths['cells_csv'].name}, {paths['summary_csv'].name}); plots in {out_dir / 'plots'}")
     if failed:

@@ -24,7 +24,8 @@ __all__ = ["Comparison", "compare", "claim_section", "bench_section", "write_res
 
 @dataclass(frozen=True)
 class Comparison:
-    """``method`` minus ``baseline`` on one distribution."""
+    """``method`` against ``baseline`` on one distribution: ``diff`` > 0 means ``method`` is better
+    (for a loss, lower), ``relative`` is ``diff`` over the baseline's value."""
 
     distribution: str
     baseline: str
@@ -34,7 +35,14 @@ class Comparison:
     verdict: str  # better | worse | within noise | one seed
 
 
+def lower_is_better(metric: str) -> bool:
+    """Losses improve downwards; every other metric (Rouge-L, accuracy) upwards."""
+    return metric.rsplit("/", 1)[-1].endswith("loss")
+
+
 def compare(aggs: Sequence[Aggregate], method: str, baselines: Sequence[str], metric: str) -> list[Comparison]:
+    """``method`` against each baseline per distribution; ``diff`` is signed so that > 0 means ``method`` is better."""
+    sign = -1.0 if lower_is_better(metric) else 1.0
     table = {(a.method, a.distribution): a for a in aggs}
     out = []
     for dist in dict.fromkeys(a.distribution for a in aggs):
@@ -45,7 +53,7 @@ def compare(aggs: Sequence[Aggregate], method: str, baselines: Sequence[str], me
             other = table.get((base, dist))
             if other is None or other.mean.get(metric) is None:
                 continue
-            diff = ours.mean[metric] - other.mean[metric]
+            diff = sign * (ours.mean[metric] - other.mean[metric])
             rel = diff / abs(other.mean[metric]) if other.mean[metric] else None
             if min(ours.n, other.n) < 2:
                 se, verdict = None, "one seed"
@@ -62,14 +70,22 @@ def claim_section(info: dict, aggs: Sequence[Aggregate], labels: dict[str, str])
         return ""
     comps = compare(aggs, claim["method"], claim["baselines"], metric)
     name = labels.get(claim["method"], claim["method"])
-    lines = [f"**Claim.** {claim['text']}", "", f"**{name} minus each baseline** on `{metric}` (mean over seeds):", "",
+    better = "lower is better" if lower_is_better(metric) else "higher is better"
+    lines = [f"**Claim.** {claim['text']}", "", f"**{name} against each baseline** on `{metric}` ({better}; a positive "
+             "difference means the claimed method is better; mean over seeds):", "",
              "| distribution | baseline | difference | relative | 2 x std. error | verdict |", "|---|---|---|---|---|---|"]  # fmt: skip
     for c in comps:
         rel = "-" if c.relative is None else f"{100 * c.relative:+.1f}%"
         se = "-" if c.stderr is None else f"{2 * c.stderr:.4f}"
         lines.append(f"| {c.distribution} | {labels.get(c.baseline, c.baseline)} | {c.diff:+.4f} | {rel} | {se} | {c.verdict} |")
     counts = {v: sum(c.verdict == v for c in comps) for v in ("better", "within noise", "worse", "one seed")}
-    lines += ["", "**Reading.** " + _verdict_text(name, counts, comps)]
+    lines += ["", "**Reading.** " + _verdict_text(name, counts, comps), ""]
+    others = [m for m in info["metrics"] if m != metric and not m.startswith("train/")]
+    for m in others:
+        cs = compare(aggs, claim["method"], claim["baselines"], m)
+        if cs:
+            lines.append(f"- On `{m}` {name} is better in {sum(c.diff > 0 for c in cs)} of {len(cs)} comparisons"
+                         + (f", beyond twice the standard error in {sum(c.verdict == 'better' for c in cs)}" if cs[0].stderr is not None else "") + ".")
     return "\n".join(lines)
 
 
@@ -77,7 +93,9 @@ def _verdict_text(name: str, counts: dict[str, int], comps: Sequence[Comparison]
     if not comps:
         return "No cell of the claimed method and its baselines finished, so the claim is not tested."
     ahead = sum(c.diff > 0 for c in comps)
-    head = f"{name} is ahead in {ahead} of {len(comps)} comparisons. "
+    rel = [c.relative for c in comps if c.relative is not None]
+    spread = f" (relative differences from {100 * min(rel):+.1f}% to {100 * max(rel):+.1f}%)" if rel else ""
+    head = f"{name} is ahead in {ahead} of {len(comps)} comparisons{spread}. "
     if counts["one seed"]:
         return head + ("With one seed per cell there is no estimate of run-to-run noise, so none of these differences is "
                        "significant and the run neither confirms nor refutes the claim; run the full bench (3 seeds) for that.")  # fmt: skip
@@ -94,7 +112,8 @@ def _settings(base: dict) -> str:
     parts = [f"model `{m.get('name', '?')}` ({m.get('dtype', 'auto')})", f"{d.get('num_clients', '?')} clients ({d.get('partition', 'task')} partition)",
              f"{r.get('rounds', '?')} rounds", f"{t.get('local_steps', '?')} local steps of batch {t.get('batch_size', '?')} x {t.get('max_length', '?')} tokens",
              f"{d.get('max_train_per_task', '?')} training / {d.get('max_eval_per_task', '?')} eval examples per task",
-             f"held-out tasks {d.get('heldout_tasks')}", f"generation up to {e.get('max_new_tokens', '?')} tokens"]  # fmt: skip
+             f"held-out tasks {d.get('heldout_tasks')}",
+             f"generation up to {e.get('max_new_tokens', 32)} tokens" if e.get("generate", True) else "teacher-forced evaluation (no generation)"]  # fmt: skip
     if c.get("rank_levels"):
         parts.append(f"rank levels {c['rank_levels']}")
     return "; ".join(parts)
@@ -112,11 +131,14 @@ def bench_section(out_dir: str | Path, assets: Path, doc_dir: Path) -> str:
     if target.exists():
         shutil.rmtree(target)
     plots = plot_bench(rows, aggs, info["primary_metric"], target, labels=labels, **order)
-    last = info["invocations"][-1] if info.get("invocations") else {}
+    runs = info.get("invocations") or [{}]
+    commands = list(dict.fromkeys(r.get("command", "?") for r in runs))
     summary, per_cell = markdown_tables(rows, aggs, metrics, labels)
     rel = lambda p: Path(p).resolve().relative_to(doc_dir.resolve()).as_posix()  # noqa: E731
     parts = [f"## {info['name']}", "", info.get("description", ""), "",
-             f"- Command: `{last.get('command', '?')}`", f"- Git commit: `{last.get('git_commit', '?')}`",
+             "- Command(s): " + ", then ".join(f"`{c}`" for c in commands),
+             "- Git commit: " + ", ".join(f"`{c}`" for c in dict.fromkeys(r.get("git_commit", "?") for r in runs))
+             + " (`+dirty`: run on uncommitted changes of that commit)",
              f"- Cells finished: {len(rows)} of {len(info['cells'])}; seeds {info['seeds']}",
              f"- Settings: {_settings(info.get('base_config', {}))}", "",
              "### Mean ± std over seeds", "", summary, "", claim_section(info, aggs, labels), ""]  # fmt: skip

@@ -263,9 +263,13 @@ def _claim(raw: Any, methods: list[Variant], errors: list[str]) -> Claim | None:
     return Claim(str(raw.get("text", "")), raw["method"], baselines)
 
 
-def parse_bench(raw: Mapping[str, Any], *, path: Path | None = None, overrides: Sequence[str] = ()) -> Bench:
-    """Validate a bench file's tables (``extends``/``base`` already resolved) into a :class:`Bench`."""
+def parse_bench(raw: Mapping[str, Any], *, path: Path | None = None, overrides: Sequence[str] = (),
+                seeds: Sequence[int] | None = None) -> Bench:  # fmt: skip
+    """Validate a bench file's tables (``extends``/``base`` already resolved) into a :class:`Bench`;
+    ``seeds`` replaces ``bench.seeds``."""
     errors: list[str] = []
+    if seeds is not None:
+        raw = deep_merge(raw, {"bench": {"seeds": list(seeds)}})
     for key in raw:
         if key not in _TOP_KEYS:
             errors.append(f"[{key}]: unknown table{_suggest(key, _TOP_KEYS)} (tables: {', '.join(_TOP_KEYS)})")
@@ -298,8 +302,8 @@ def parse_bench(raw: Mapping[str, Any], *, path: Path | None = None, overrides: 
                  tuple(dists), tuple(c for c in cells if c is not None), claim, quick)  # fmt: skip
 
 
-def load_bench(path: str | Path, *, quick: bool = False, overrides: Sequence[str] = ()) -> Bench:
-    """Read and validate a bench file; ``quick=True`` reads its quick variant instead.
+def load_bench(path: str | Path, *, quick: bool = False, overrides: Sequence[str] = (), seeds: Sequence[int] | None = None) -> Bench:
+    """Read and validate a bench file; ``quick=True`` reads its quick variant instead; ``seeds`` replaces ``bench.seeds``.
 
     Raises:
         BenchError: every problem of the file and of every cell's run config, one per line.
@@ -315,5 +319,5 @@ def load_bench(path: str | Path, *, quick: bool = False, overrides: Sequence[str
         if not target.is_file():
             raise BenchError([f"--quick: {target} does not exist; write a quick bench file there (`extends = "
                               f"\"{path.name}\"` plus smaller settings) or set bench.quick"], str(path))  # fmt: skip
-        return load_bench(target, overrides=overrides)
-    return parse_bench(raw, path=path, overrides=overrides)
+        return load_bench(target, overrides=overrides, seeds=seeds)
+    return parse_bench(raw, path=path, overrides=overrides, seeds=seeds)

@@ -77,9 +77,10 @@ def plot_metric_per_round(rows, metric, methods, dists, labels, path: Path) -> P
         ax.axis("off")
     axes[0][0].set_ylabel(metric)
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="center right", fontsize=8, frameon=False)
     fig.suptitle(f"{metric} per round (mean ± std over seeds)", fontsize=10)
-    return _save(fig, path, right=0.8)
+    fig.tight_layout()
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    return _save(fig, path)
 
 
 def _integer_x(ax: Any) -> None:
@@ -134,14 +135,13 @@ def plot_communication(rows, methods, labels, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _save(fig: Any, path: Path, right: float | None = None) -> Path:
+def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    if right is not None:
-        fig.subplots_adjust(right=right)
+    if not fig.legends:
+        fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI)
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight")  # keeps legends placed outside the axes
     plt.close(fig)
     return path
 

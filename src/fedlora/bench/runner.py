@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 from fedlora.bench.grid import Bench, Cell
 
 __all__ = ["RESULT_FILE", "BENCH_FILE", "CellOutcome", "GridReport", "cell_dir", "cell_state", "run_cell", "run_grid",
-           "git_commit", "LineProgress"]  # fmt: skip
+           "git_commit", "record_bench", "LineProgress"]  # fmt: skip
 
 RESULT_FILE = "result.json"
 BENCH_FILE = "bench.json"
@@ -177,11 +177,15 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _record_invocation(bench: Bench, out_dir: Path, command: str | None) -> None:
+def record_bench(bench: Bench, out_dir: str | Path, command: str | None = None, *, invocation: bool = True) -> None:
+    """Write ``OUT/bench.json`` (the bench's grid and labels); ``invocation`` appends this command and git commit."""
+    out_dir = Path(out_dir)
     path = out_dir / BENCH_FILE
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    runs = old.get("invocations", []) + [{"command": command or " ".join(sys.argv), "git_commit": git_commit(),
-                                          "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}]  # fmt: skip
+    runs = old.get("invocations", [])
+    if invocation:
+        runs = runs + [{"command": command or " ".join(sys.argv), "git_commit": git_commit(),
+                        "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}]  # fmt: skip
     data = {
         "name": bench.name, "description": bench.description, "bench_file": str(bench.path) if bench.path else None,
         "seeds": list(bench.seeds), "primary_metric": bench.primary_metric, "metrics": list(bench.metrics),
@@ -214,7 +218,7 @@ def run_grid(bench: Bench, out_dir: str | Path, *, resume: bool = False, only: C
     if started and not resume:
         raise FileExistsError(f"{out_dir} already holds {len(started)} started or finished cells of this bench; pass --resume "
                               "to continue without redoing finished cells, or choose another --out")  # fmt: skip
-    _record_invocation(bench, out_dir, command)
+    record_bench(bench, out_dir, command)
     report, models, ran = GridReport(), _Models(), 0
     cells = [c for c in bench.cells if only is None or only(c)]
     for i, cell in enumerate(cells, 1):

@@ -6,16 +6,36 @@ in-process engine, ``fedlora plan`` and the Flower apps build the same things th
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fedlora.config import Config, ModelSection
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies.base import Strategy
 
-__all__ = ["TINY_MODEL", "load_base_model", "model_name_or_path", "build_spec", "build_strategy", "build_train_config", "eval_kwargs"]
+__all__ = ["TINY_MODEL", "choose_threads", "load_base_model", "model_name_or_path", "build_spec", "build_strategy", "build_train_config", "eval_kwargs"]
 
 TINY_MODEL = "tiny"
 """``model.name`` of the random 2-layer Llama (``fedlora.testing.tiny_llama``), for tests and smoke runs."""
+
+
+def choose_threads(requested: int) -> tuple[int, str]:
+    """torch CPU threads for ``run.threads`` and why: the number asked, or with 0 the current count
+    lowered to the cores that the 1-minute load average says are free (at least 1)."""
+    import torch
+
+    current = torch.get_num_threads()
+    if requested > 0:
+        return requested, "run.threads"
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return current, "torch default"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    free = max(1, int(cores - load + 0.5))
+    if free >= current:
+        return current, "torch default"
+    return free, f"auto: load average {load:.1f} on {cores} cores"
 
 
 def load_base_model(m: ModelSection) -> tuple[Any, Any]:

@@ -72,6 +72,13 @@ def _error_summary(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}{where}"
 
 
+def _set_threads(n: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 def _per_task(examples: list, limit: int) -> list:
     """The first ``limit`` examples of each task (all when ``limit`` is 0), order kept."""
     if not limit:
@@ -116,10 +123,8 @@ class Engine:
         from fedlora.client.trainer import LocalTrainer
 
         t0 = time.perf_counter()
-        if self.cfg.run.threads:
-            import torch
-
-            torch.set_num_threads(self.cfg.run.threads)
+        threads, why = build.choose_threads(self.cfg.run.threads)
+        _set_threads(threads)
         try:
             data = build_data(self.cfg)
         except ValueError as err:
@@ -135,7 +140,8 @@ class Engine:
         self.trainer = LocalTrainer(self.model, self.tokenizer, build.build_train_config(self.cfg))
         self.per_round = clients_per_round(self.cfg.clients.clients_per_round, len(self.data.client_ids))
         self.progress.message(f"model {self.cfg.model.name}: {self.spec.num_parameters / 1e6:.1f}M parameters, "
-                              f"{len(self.spec.modules)} LoRA modules; set up in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+                              f"{len(self.spec.modules)} LoRA modules; set up in {time.perf_counter() - t0:.1f} s; "
+                              f"{threads} CPU threads ({why})")  # fmt: skip
         self.progress.message(f"data: {self.data.describe()}")
         self.progress.message(f"strategy {self.cfg.strategy.name}, allocation {self.planner.allocation}, client ranks "
                               f"{self.planner.ranks if self.planner.allocation != 'fedpilot' else 'by memory budget'}")  # fmt: skip
