@@ -330,3 +330,13 @@ def test_base_config_error_is_reported_once(tmp_path):
     with pytest.raises(BenchError) as err:
         load_bench(_write(tmp_path, RANK_BENCH.replace("local_steps = 1", "local_steps = 0")))
     assert err.value.errors == ["every cell: train.local_steps = 0: must be >= 1"]
+
+
+def test_fedlora_cli_dispatches_bench(tmp_path, capsys):
+    from fedlora.cli import main as fedlora_main
+
+    path = _write(tmp_path, RANK_BENCH)
+    assert fedlora_main(["bench", str(path), "--out", str(tmp_path / "out"), "--seeds", "3,4", "--list"]) == 0
+    listed = capsys.readouterr().out.split("\n")
+    assert sum("new" in line for line in listed) == 8 and "flexlora__uniform__seed4" in listed[1]
+    assert fedlora_main(["bench", str(path), "--seeds", "x"]) == 2

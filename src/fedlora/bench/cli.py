@@ -88,6 +88,25 @@ def _doc(argv: Sequence[str]) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace, bench, out_dir: Path, argv: Sequence[str]) -> int:
+    """Run the grid; the number of failed cells, or a negative exit status when it could not run."""
+    from fedlora.bench.runner import run_grid
+
+    only = (lambda c: any(t in c.id for t in args.only)) if args.only else None
+    command = "fedlora bench " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        report = run_grid(bench, out_dir, resume=args.resume, only=only, verbose=not args.quiet, command=command,
+                          max_cells=args.max_cells)  # fmt: skip
+    except FileExistsError as err:
+        print(f"fedlora bench: {err}", file=sys.stderr)
+        return -EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"fedlora bench: interrupted; `fedlora bench {args.bench}{' --quick' if args.quick else ''} --out {out_dir} "
+              "--resume` continues without redoing finished cells", file=sys.stderr)  # fmt: skip
+        return -EXIT_INTERRUPTED
+    return len(report.failed)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fedlora bench``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -95,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _doc(argv[1:])
     args = build_parser().parse_args(argv)
     from fedlora.bench.grid import load_bench
-    from fedlora.bench.runner import run_grid
+    from fedlora.bench.runner import record_bench
 
     try:
         seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
@@ -111,24 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     failed = 0
-    if not args.report:
-        only = (lambda c: any(t in c.id for t in args.only)) if args.only else None
-        command = "fedlora bench " + " ".join(shlex.quote(a) for a in argv)
-        try:
-            report = run_grid(bench, out_dir, resume=args.resume, only=only, verbose=not args.quiet, command=command,
-                              max_cells=args.max_cells)  # fmt: skip
-        except FileExistsError as err:
-            print(f"fedlora bench: {err}", file=sys.stderr)
-            return EXIT_USAGE
-        except KeyboardInterrupt:
-            print(f"fedlora bench: interrupted; `fedlora bench {args.bench}{' --quick' if args.quick else ''} --out {out_dir} --resume` "
-                  "continues without redoing finished cells", file=sys.stderr)  # fmt: skip
-            return EXIT_INTERRUPTED
-        failed = len(report.failed)
-    else:
-        from fedlora.bench.runner import record_bench
-
+    if args.report:
         record_bench(bench, out_dir, invocation=False)  # labels and descriptions as the bench file says now
+    else:
+        failed = _run(args, bench, out_dir, argv)
+        if failed < 0:
+            return -failed
     paths = write_report(bench, out_dir)
     print(f"results: {paths['markdown']} ({paths['cells_csv'].name}, {paths['summary_csv'].name}); plots in {out_dir / 'plots'}")
     if failed:

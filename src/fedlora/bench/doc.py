@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from fedlora.bench.plots import PLOT_FILES, plot_bench
-from fedlora.bench.results import Aggregate, aggregate, collect, fmt_mean_std, markdown_tables
+from fedlora.bench.plots import plot_bench
+from fedlora.bench.results import Aggregate, aggregate, collect, markdown_tables
 
-__all__ = ["Comparison", "compare", "claim_section", "bench_section", "write_results_doc"]
+__all__ = ["Comparison", "lower_is_better", "compare", "claim_section", "bench_section", "write_results_doc"]
 
 
 @dataclass(frozen=True)
@@ -80,13 +80,22 @@ def claim_section(info: dict, aggs: Sequence[Aggregate], labels: dict[str, str])
         lines.append(f"| {c.distribution} | {labels.get(c.baseline, c.baseline)} | {c.diff:+.4f} | {rel} | {se} | {c.verdict} |")
     counts = {v: sum(c.verdict == v for c in comps) for v in ("better", "within noise", "worse", "one seed")}
     lines += ["", "**Reading.** " + _verdict_text(name, counts, comps), ""]
-    others = [m for m in info["metrics"] if m != metric and not m.startswith("train/")]
-    for m in others:
-        cs = compare(aggs, claim["method"], claim["baselines"], m)
-        if cs:
-            lines.append(f"- On `{m}` {name} is better in {sum(c.diff > 0 for c in cs)} of {len(cs)} comparisons"
-                         + (f", beyond twice the standard error in {sum(c.verdict == 'better' for c in cs)}" if cs[0].stderr is not None else "") + ".")
+    lines += _other_metrics(info, aggs, name)
     return "\n".join(lines)
+
+
+def _other_metrics(info: dict, aggs: Sequence[Aggregate], name: str) -> list[str]:
+    """One bullet per secondary metric (training loss left out): how often the claimed method is better."""
+    claim, lines = info["claim"], []
+    for m in (m for m in info["metrics"] if m != info["primary_metric"] and not m.startswith("train/")):
+        cs = compare(aggs, claim["method"], claim["baselines"], m)
+        if not cs:
+            continue
+        text = f"- On `{m}` {name} is better in {sum(c.diff > 0 for c in cs)} of {len(cs)} comparisons"
+        if cs[0].stderr is not None:
+            text += f", beyond twice the standard error in {sum(c.verdict == 'better' for c in cs)}"
+        lines.append(text + ".")
+    return lines
 
 
 def _verdict_text(name: str, counts: dict[str, int], comps: Sequence[Comparison]) -> str:
@@ -102,18 +111,21 @@ def _verdict_text(name: str, counts: dict[str, int], comps: Sequence[Comparison]
     if counts["better"] == len(comps):
         return head + "Every difference exceeds twice its standard error: the results agree with the claim."
     if counts["worse"]:
-        return head + f"{counts['worse']} comparison(s) are worse beyond twice the standard error: the results disagree with the claim there."
-    return head + (f"{counts['better']} comparison(s) are better beyond twice the standard error and {counts['within noise']} are within "
-                   "noise: the results support the claim only partly at this scale.")  # fmt: skip
+        return head + (f"{counts['worse']} comparison(s) are worse beyond twice the standard error: the results "
+                       "disagree with the claim there.")  # fmt: skip
+    return head + (f"{counts['better']} comparison(s) are better beyond twice the standard error and "
+                   f"{counts['within noise']} are within noise: the results support the claim only partly at this scale.")  # fmt: skip
 
 
 def _settings(base: dict) -> str:
     r, m, d, c, t, e = (base.get(k, {}) for k in ("run", "model", "data", "clients", "train", "eval"))
-    parts = [f"model `{m.get('name', '?')}` ({m.get('dtype', 'auto')})", f"{d.get('num_clients', '?')} clients ({d.get('partition', 'task')} partition)",
-             f"{r.get('rounds', '?')} rounds", f"{t.get('local_steps', '?')} local steps of batch {t.get('batch_size', '?')} x {t.get('max_length', '?')} tokens",
-             f"{d.get('max_train_per_task', '?')} training / {d.get('max_eval_per_task', '?')} eval examples per task",
-             f"held-out tasks {d.get('heldout_tasks')}",
-             f"generation up to {e.get('max_new_tokens', 32)} tokens" if e.get("generate", True) else "teacher-forced evaluation (no generation)"]  # fmt: skip
+    evaluation = f"generation up to {e.get('max_new_tokens', 32)} tokens" if e.get("generate", True) else "teacher-forced evaluation"
+    parts = [
+        f"model `{m.get('name', '?')}` ({m.get('dtype', 'auto')})", f"{d.get('num_clients', '?')} clients ({d.get('partition', 'task')} partition)",
+        f"{r.get('rounds', '?')} rounds", f"{t.get('local_steps', '?')} local steps of batch {t.get('batch_size', '?')} x {t.get('max_length', '?')} tokens",
+        f"{d.get('max_train_per_task', '?')} training / {d.get('max_eval_per_task', '?')} eval examples per task",
+        f"held-out tasks {d.get('heldout_tasks')}", evaluation,
+    ]  # fmt: skip
     if c.get("rank_levels"):
         parts.append(f"rank levels {c['rank_levels']}")
     return "; ".join(parts)
@@ -159,5 +171,3 @@ def write_results_doc(out_dirs: Sequence[str | Path], doc: str | Path = "docs/re
     doc.write_text("\n".join(head + sections), encoding="utf-8")
     return doc
 
-
-__all__ += ["PLOT_FILES", "fmt_mean_std"]
