@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="only rebuild tables and plots from the finished cells")
     p.add_argument("--max-cells", type=int, help="stop after running this many cells")
     p.add_argument("--quiet", action="store_true", help="no per-round lines")
-    p.add_argument("--threads", type=int, help="torch CPU threads (on a shared machine 1 avoids OpenMP oversubscription, "
-                   "which can slow a LoRA step down 20x; also export OMP_NUM_THREADS=1)")  # fmt: skip
+    p.add_argument("--threads", type=int, help="torch CPU threads of every cell (same as --set run.threads=N; on a shared "
+                   "machine 1 avoids OpenMP oversubscription, which slowed a LoRA step down 20x here)")  # fmt: skip
     return p
 
 
@@ -118,17 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
-        bench = load_bench(args.bench, quick=args.quick, overrides=args.overrides, seeds=seeds)
+        overrides = args.overrides + ([f"run.threads={args.threads}"] if args.threads else [])
+        bench = load_bench(args.bench, quick=args.quick, overrides=overrides, seeds=seeds)
     except ValueError as err:  # BenchError, or --seeds that are not integers
         print(f"fedlora bench: {err}", file=sys.stderr)
         return EXIT_USAGE
     out_dir = Path(args.out) if args.out else Path("runs") / "bench" / bench.name
     if args.list:
         return _list(bench, out_dir)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     failed = 0
     if args.report:
         record_bench(bench, out_dir, invocation=False)  # labels and descriptions as the bench file says now
