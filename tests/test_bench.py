@@ -22,7 +22,7 @@ from fedlora.bench.cli import main as bench_main
 from fedlora.bench.cli import write_report
 from fedlora.bench.doc import compare, write_results_doc
 from fedlora.bench.plots import PLOT_FILES
-from fedlora.bench.results import Aggregate, collect
+from fedlora.bench.results import collect
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -308,21 +308,24 @@ def test_memory_baselines_train_what_fits(tmp_path, tiny_spec):
 # ----------------------------------------------------------------------------- claim check
 
 
-def test_compare_verdicts_are_conservative():
-    def agg(method, mean, std, n):
-        return Aggregate(method, "d", n, {"m": mean}, {"m": std})
+def _rows(metric: str, values: dict[str, list[float]]) -> list:
+    from fedlora.bench.results import CellRow
 
-    one = compare([agg("a", 0.5, 0.0, 1), agg("b", 0.4, 0.0, 1)], "a", ["b"], "m")
-    assert one[0].verdict == "one seed" and one[0].diff == pytest.approx(0.1) and one[0].relative == pytest.approx(0.25)
-    noisy = compare([agg("a", 0.5, 0.1, 3), agg("b", 0.45, 0.1, 3)], "a", ["b"], "m")
-    assert noisy[0].verdict == "within noise"  # 0.05 < 2 * sqrt(2 * 0.01 / 3) = 0.163
-    clear = compare([agg("a", 0.5, 0.01, 3), agg("b", 0.4, 0.01, 3)], "a", ["b", "missing"], "m")
-    assert [c.verdict for c in clear] == ["better"]
+    return [CellRow(f"{m}__d__seed{i}", m, "d", i, {metric: v}, 0, 0, 0.0, 1, 1) for m, vs in values.items() for i, v in enumerate(vs)]
+
+
+def test_compare_pairs_seeds_and_stays_conservative():
+    (one,) = compare(_rows("m", {"a": [0.5], "b": [0.4]}), "a", ["b"], "m")
+    assert one.verdict == "one seed" and one.diff == pytest.approx(0.1) and one.relative == pytest.approx(0.25)
+    # seeds differ a lot, the paired differences hardly: +0.10, +0.11, +0.09 -> clearly better
+    (paired,) = compare(_rows("m", {"a": [0.3, 0.61, 0.49], "b": [0.2, 0.5, 0.4]}), "a", ["b", "missing"], "m")
+    assert paired.verdict == "better" and paired.seeds == 3 and paired.diff == pytest.approx(0.1)
+    (noisy,) = compare(_rows("m", {"a": [0.5, 0.4, 0.6], "b": [0.4, 0.5, 0.55]}), "a", ["b"], "m")
+    assert noisy.verdict == "within noise"  # differences +0.1, -0.1, +0.05
 
 
 def test_compare_counts_lower_loss_as_better():
-    aggs = [Aggregate("a", "d", 1, {"eval/loss": 1.0}, {"eval/loss": 0.0}), Aggregate("b", "d", 1, {"eval/loss": 1.5}, {"eval/loss": 0.0})]
-    (c,) = compare(aggs, "a", ["b"], "eval/loss")
+    (c,) = compare(_rows("eval/loss", {"a": [1.0], "b": [1.5]}), "a", ["b"], "eval/loss")
     assert c.diff == pytest.approx(0.5) and c.relative == pytest.approx(1 / 3)
 
 

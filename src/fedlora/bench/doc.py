@@ -1,23 +1,25 @@
 """``docs/results.md`` from bench output folders: tables, plots, command, commit and the claim check.
 
 The claim check compares a bench's ``[bench.claim] method`` with each baseline on the primary
-metric, per resource distribution: the difference of the means over seeds, the relative change,
-and a verdict that never overstates: *better* / *worse* only when the difference exceeds twice its
-standard error (``sqrt(s1²/n1 + s2²/n2)``, both with at least 2 seeds), *within noise* otherwise,
-and *one seed* when there is no estimate of the noise at all.
+metric, per resource distribution, paired by seed (a seed fixes the data split, the partition and
+the evaluation examples, so the paired difference removes most of the seed-to-seed spread): the
+mean paired difference, the relative change, and a verdict that never overstates: *better* /
+*worse* only when the mean difference exceeds twice its standard error (``std(d) / sqrt(n)``, at
+least 2 seeds), *within noise* otherwise, and *one seed* when there is no estimate of the noise.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from fedlora.bench.plots import plot_bench
-from fedlora.bench.results import Aggregate, aggregate, collect, markdown_tables
+from fedlora.bench.results import CellRow, aggregate, collect, markdown_tables
 
 __all__ = ["Comparison", "lower_is_better", "compare", "claim_section", "bench_section", "write_results_doc"]
 
@@ -33,6 +35,7 @@ class Comparison:
     relative: float | None
     stderr: float | None
     verdict: str  # better | worse | within noise | one seed
+    seeds: int = 1
 
 
 def lower_is_better(metric: str) -> bool:
@@ -40,55 +43,55 @@ def lower_is_better(metric: str) -> bool:
     return metric.rsplit("/", 1)[-1].endswith("loss")
 
 
-def compare(aggs: Sequence[Aggregate], method: str, baselines: Sequence[str], metric: str) -> list[Comparison]:
-    """``method`` against each baseline per distribution; ``diff`` is signed so that > 0 means ``method`` is better."""
+def compare(rows: Sequence[CellRow], method: str, baselines: Sequence[str], metric: str) -> list[Comparison]:
+    """``method`` against each baseline per distribution, paired by seed (same data split, same evaluation
+    examples); ``diff`` is the mean paired difference, signed so that > 0 means ``method`` is better."""
     sign = -1.0 if lower_is_better(metric) else 1.0
-    table = {(a.method, a.distribution): a for a in aggs}
+    value = {(r.method, r.distribution, r.seed): r.final.get(metric) for r in rows}
     out = []
-    for dist in dict.fromkeys(a.distribution for a in aggs):
-        ours = table.get((method, dist))
-        if ours is None or ours.mean.get(metric) is None:
-            continue
+    for dist in dict.fromkeys(r.distribution for r in rows):
         for base in baselines:
-            other = table.get((base, dist))
-            if other is None or other.mean.get(metric) is None:
+            pairs = [(v, value.get((base, dist, seed))) for (m, d, seed), v in value.items() if m == method and d == dist]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            if not pairs:
                 continue
-            diff = sign * (ours.mean[metric] - other.mean[metric])
-            rel = diff / abs(other.mean[metric]) if other.mean[metric] else None
-            if min(ours.n, other.n) < 2:
-                se, verdict = None, "one seed"
-            else:
-                se = math.sqrt(ours.std[metric] ** 2 / ours.n + other.std[metric] ** 2 / other.n)
-                verdict = "better" if diff > 2 * se else "worse" if diff < -2 * se else "within noise"
-            out.append(Comparison(dist, base, diff, rel, se, verdict))
+            diffs = [sign * (a - b) for a, b in pairs]
+            diff, base_mean = statistics.fmean(diffs), statistics.fmean(b for _, b in pairs)
+            rel = diff / abs(base_mean) if base_mean else None
+            if len(diffs) < 2:
+                out.append(Comparison(dist, base, diff, rel, None, "one seed", 1))
+                continue
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+            verdict = "better" if diff > 2 * se else "worse" if diff < -2 * se else "within noise"
+            out.append(Comparison(dist, base, diff, rel, se, verdict, len(diffs)))
     return out
 
 
-def claim_section(info: dict, aggs: Sequence[Aggregate], labels: dict[str, str]) -> str:
+def claim_section(info: dict, rows: Sequence[CellRow], labels: dict[str, str]) -> str:
     claim, metric = info.get("claim"), info["primary_metric"]
     if not claim:
         return ""
-    comps = compare(aggs, claim["method"], claim["baselines"], metric)
+    comps = compare(rows, claim["method"], claim["baselines"], metric)
     name = labels.get(claim["method"], claim["method"])
     better = "lower is better" if lower_is_better(metric) else "higher is better"
     lines = [f"**Claim.** {claim['text']}", "", f"**{name} against each baseline** on `{metric}` ({better}; a positive "
-             "difference means the claimed method is better; mean over seeds):", "",
-             "| distribution | baseline | difference | relative | 2 x std. error | verdict |", "|---|---|---|---|---|---|"]  # fmt: skip
+             "difference means the claimed method is better; mean of the differences paired by seed):", "",
+             "| distribution | baseline | seeds | difference | relative | 2 x std. error | verdict |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in comps:
         rel = "-" if c.relative is None else f"{100 * c.relative:+.1f}%"
         se = "-" if c.stderr is None else f"{2 * c.stderr:.4f}"
-        lines.append(f"| {c.distribution} | {labels.get(c.baseline, c.baseline)} | {c.diff:+.4f} | {rel} | {se} | {c.verdict} |")
+        lines.append(f"| {c.distribution} | {labels.get(c.baseline, c.baseline)} | {c.seeds} | {c.diff:+.4f} | {rel} | {se} | {c.verdict} |")
     counts = {v: sum(c.verdict == v for c in comps) for v in ("better", "within noise", "worse", "one seed")}
     lines += ["", "**Reading.** " + _verdict_text(name, counts, comps), ""]
-    lines += _other_metrics(info, aggs, name)
+    lines += _other_metrics(info, rows, name)
     return "\n".join(lines)
 
 
-def _other_metrics(info: dict, aggs: Sequence[Aggregate], name: str) -> list[str]:
+def _other_metrics(info: dict, rows: Sequence[CellRow], name: str) -> list[str]:
     """One bullet per secondary metric (training loss left out): how often the claimed method is better."""
     claim, lines = info["claim"], []
     for m in (m for m in info["metrics"] if m != info["primary_metric"] and not m.startswith("train/")):
-        cs = compare(aggs, claim["method"], claim["baselines"], m)
+        cs = compare(rows, claim["method"], claim["baselines"], m)
         if not cs:
             continue
         text = f"- On `{m}` {name} is better in {sum(c.diff > 0 for c in cs)} of {len(cs)} comparisons"
@@ -113,6 +116,9 @@ def _verdict_text(name: str, counts: dict[str, int], comps: Sequence[Comparison]
     if counts["worse"]:
         return head + (f"{counts['worse']} comparison(s) are worse beyond twice the standard error: the results "
                        "disagree with the claim there.")  # fmt: skip
+    if not counts["better"]:
+        return head + ("No difference exceeds twice its standard error: at this scale the results neither confirm "
+                       "nor refute the claim.")  # fmt: skip
     return head + (f"{counts['better']} comparison(s) are better beyond twice the standard error and "
                    f"{counts['within noise']} are within noise: the results support the claim only partly at this scale.")  # fmt: skip
 
@@ -153,7 +159,7 @@ def bench_section(out_dir: str | Path, assets: Path, doc_dir: Path) -> str:
              + " (`+dirty`: run on uncommitted changes of that commit)",
              f"- Cells finished: {len(rows)} of {len(info['cells'])}; seeds {info['seeds']}",
              f"- Settings: {_settings(info.get('base_config', {}))}", "",
-             "### Mean ± std over seeds", "", summary, "", claim_section(info, aggs, labels), ""]  # fmt: skip
+             "### Mean ± std over seeds", "", summary, "", claim_section(info, rows, labels), ""]  # fmt: skip
     parts += [f"![{Path(p).stem}]({rel(p)})" for p in plots]
     parts += ["", "<details><summary>Every cell</summary>", "", per_cell, "", "</details>", ""]
     return "\n".join(parts)
