@@ -6,8 +6,8 @@
 Equivalent to ``fedlora bench doc runs/bench/bucket_effect_quick runs/bench/memory_constrained_quick``
 with the introduction below. Run the benches first:
 
-    OMP_NUM_THREADS=1 fedlora bench benchmarks/bucket_effect.toml --quick --threads 1
-    OMP_NUM_THREADS=1 fedlora bench benchmarks/memory_constrained.toml --quick --threads 1
+    OMP_NUM_THREADS=1 fedlora bench benchmarks/bucket_effect.toml --quick --threads 1 --seeds 0,1,2
+    OMP_NUM_THREADS=1 fedlora bench benchmarks/memory_constrained.toml --quick --threads 1 --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ Every cell is one `fedlora run` in its own folder; traffic is counted by the eng
 tensors actually sent (fp32 `A` and `B` of every module a client receives or returns), and wall time is
 the run's own clock on a CPU shared with other jobs, so compare it only within one bench.
 
-How to read this page. The *quick* variants (suffix `_quick`) run in about 20 and 6 minutes on two CPU
-cores: four clients, two rounds of four local steps, one seed, a few dozen evaluation examples and
-teacher-forced Rouge-L (one forward pass, no generation). They check that the comparison runs end to
-end and show which way things lean; with one seed and about 12 held-out examples a difference of one
-example moves Rouge-L by several points, so **no quick result is statistically significant**, and the
-verdicts below say so. The papers' claims (FlexLoRA: up to 3.1% average improvement over its
-baselines on unseen tasks; Fed-pilot: better accuracy than its baselines under memory limits) can
-only be tested by the full benches (3 seeds, 8 clients, all distributions), which take a few hours
-each: `fedlora bench benchmarks/bucket_effect.toml` and `fedlora bench benchmarks/memory_constrained.toml`,
-then `python benchmarks/make_results_doc.py --full`.
+How to read this page. The *quick* variants (suffix `_quick`) take minutes per seed on two CPU cores:
+four clients, two rounds of four local steps, a few dozen evaluation examples and teacher-forced
+Rouge-L (one forward pass, no generation). The runs below used three seeds (`--seeds 0,1,2`; the quick
+files default to one). A seed fixes the data split and the evaluation examples, so methods are compared
+*paired by seed*; with about 12 held-out examples one example moves Rouge-L by several points, and
+at this scale differences of a few percent are within noise. The papers' claims (FlexLoRA: up to 3.1%
+average improvement over its baselines on unseen tasks; Fed-pilot: better accuracy than its baselines
+under memory limits) need the full benches (3 seeds, 8 clients, all distributions and methods, a few
+hours each): `fedlora bench benchmarks/bucket_effect.toml` and
+`fedlora bench benchmarks/memory_constrained.toml`, then `python benchmarks/make_results_doc.py --full`.
 
 Fed-pilot here is fedlora's own version (the paper's code and formulas are not public; see
 docs/fedpilot.md); its baselines use the same memory model, the same budgets and the same server
