@@ -6,7 +6,8 @@
    interleaved A/B/A/B so that load from other processes hits both alike; the median of the
    repetitions is compared. Target: engine / plain <= 1.10.
 2. Peak RSS with 10 vs 1000 registered clients (each in its own subprocess; the same data,
-   rounds, sampled clients per round and steps): target within 10 %.
+   rounds, sampled clients per round and steps): the process peak, and the peak of the run itself
+   (high-water mark reset after loading the model, Linux). Target: within 10 %.
 
     python benchmarks/engine.py                    # tiny model and SmolLM2 (batch 4 x 64)
     python benchmarks/engine.py --models tiny --reps 3 --threads 1 --json /tmp/engine.json
@@ -31,15 +32,16 @@ from fedlora.engine.run import Engine
 
 MODELS = {"tiny": "tiny", "smollm2": "bundled:smollm2"}
 TASKS = ["rt_sentiment", "headline_source", "convention_party", "debate_speaker", "bbc_topic", "guardian_unscramble"]
+TRAIN_PER_TASK = 800  # ~4,400 examples: at least 4 per client (a full batch) even with 1,000 clients
 
 
-def make_config(model: str, num_clients: int, per_round: int, steps: int, rounds: int = 1) -> object:
+def make_config(model: str, num_clients: int, per_round: int, steps: int, rounds: int = 1, rank_levels=(4, 8, 16, 32)) -> object:
     return parse_config({
         "run": {"rounds": rounds, "seed": 0, "eval_every": 0, "checkpoint_every": 1000},
         "model": {"name": MODELS[model], "dtype": "float32", "device": "cpu"},
         "data": {"tasks": TASKS, "heldout_tasks": [], "partition": "iid", "num_clients": num_clients,
-                 "max_train_per_task": 340, "max_eval_per_task": 1},  # the same ~2000 examples for 10 or 1000 clients
-        "clients": {"rank_levels": [4, 8, 16, 32], "clients_per_round": per_round},
+                 "max_train_per_task": TRAIN_PER_TASK, "max_eval_per_task": 1},  # the same examples for 10 or 1000 clients
+        "clients": {"rank_levels": list(rank_levels), "clients_per_round": per_round},
         "strategy": {"name": "flexlora"},
         "train": {"local_steps": steps, "batch_size": 4, "max_length": 64, "lr": 3e-4},
         "eval": {"seen": False, "heldout": False},
@@ -102,18 +104,53 @@ def overhead(model: str, reps: int, steps: int, clients: int) -> dict:
             "ratio": e / p, "engine_runs": eng, "plain_runs": plain}  # fmt: skip
 
 
+def _status_mb(field: str) -> float | None:
+    """A ``/proc/self/status`` memory field (``VmHWM``, ``VmRSS``) in MB, None where unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def rss_child(model: str, num_clients: int, steps: int) -> None:
-    """Subprocess body: a 2-round run with ``num_clients`` registered clients, 4 sampled per round."""
+    """Subprocess body: a 2-round run with ``num_clients`` registered clients (all rank 16), 4 sampled per round.
+
+    Prints the process peak (``ru_maxrss``, includes loading the model) and the run's own peak: the
+    model is loaded first, then the kernel's high-water mark is reset (``/proc/self/clear_refs``)
+    before data, plans, strategy, training and aggregation.
+    """
+    from fedlora.engine.build import load_base_model
+
+    cfg = make_config(model, num_clients, 4, steps, rounds=2, rank_levels=(16,))  # same work, only the roster differs
+    loaded = load_base_model(cfg.model)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
     with tempfile.TemporaryDirectory() as tmp:
-        Engine(make_config(model, num_clients, 4, steps, rounds=2), tmp).run()
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        Engine(cfg, tmp, model_and_tokenizer=loaded).run()
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "run_peak_mb": _status_mb("VmHWM") if reset else None}))  # fmt: skip
 
 
-def peak_rss(model: str, num_clients: int, steps: int, threads: int | None) -> float:
+def peak_rss(model: str, num_clients: int, steps: int, threads: int | None) -> dict:
     extra = ["--threads", str(threads)] if threads else []
     out = subprocess.run([sys.executable, __file__, "--rss-child", model, str(num_clients), str(steps), *extra],
                          capture_output=True, text=True, check=True)  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rss_report(model: str, threads: int | None) -> dict:
+    small, large = peak_rss(model, 10, 2, threads), peak_rss(model, 1000, 2, threads)
+    for key, what in (("peak_rss_mb", "process peak RSS"), ("run_peak_mb", "run peak RSS (after model load)")):
+        if small.get(key) and large.get(key):
+            print(f"[{model}] {what}: 10 clients {small[key]:.0f} MB, 1000 clients {large[key]:.0f} MB -> ratio "
+                  f"{large[key] / small[key]:.3f} (target <= 1.10)", flush=True)  # fmt: skip
+    return {"rss_10": small, "rss_1000": large}
 
 
 def main() -> None:
@@ -123,6 +160,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="local steps per client")
     parser.add_argument("--clients", type=int, default=4, help="clients per timed round")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice); 1 is steadier on a busy machine")
+    parser.add_argument("--only", choices=("time", "rss"), help="run only one of the two measurements")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -133,13 +171,14 @@ def main() -> None:
         return
     results = []
     for model in args.models:
-        o = overhead(model, args.reps, args.steps, args.clients)
-        print(f"[{model}] time per client ({args.steps} steps, batch 4 x 64): engine {o['engine_s_per_client']:.2f} s, "
-              f"plain PEFT {o['plain_peft_s_per_client']:.2f} s -> ratio {o['ratio']:.3f} (target <= 1.10)", flush=True)  # fmt: skip
-        small, large = peak_rss(model, 10, 2, args.threads), peak_rss(model, 1000, 2, args.threads)
-        print(f"[{model}] peak RSS: 10 clients {small:.0f} MB, 1000 clients {large:.0f} MB -> ratio {large / small:.3f} "
-              "(target <= 1.10)", flush=True)  # fmt: skip
-        results.append(o | {"rss_10_mb": small, "rss_1000_mb": large, "rss_ratio": large / small})
+        o = {"model": model}
+        if args.only != "rss":
+            o = overhead(model, args.reps, args.steps, args.clients)
+            print(f"[{model}] time per client ({args.steps} steps, batch 4 x 64): engine {o['engine_s_per_client']:.2f} s, "
+                  f"plain PEFT {o['plain_peft_s_per_client']:.2f} s -> ratio {o['ratio']:.3f} (target <= 1.10)", flush=True)  # fmt: skip
+        if args.only != "time":
+            o |= rss_report(model, args.threads)
+        results.append(o)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -177,3 +177,10 @@ def test_adapter_bytes_counts_tensor_storage():
 
     f = LoraFactors(torch.zeros(4, 10), torch.zeros(6, 4, dtype=torch.float64), 8.0)
     assert adapter_bytes({"m": f}) == 4 * 10 * 4 + 6 * 4 * 8 and adapter_bytes(None) == 0
+
+
+def test_ffa_uploads_only_b(data_file, tmp_path):
+    engine = Engine(tiny_config(data_file, run={"rounds": 1}, strategy={"name": "ffa"}), tmp_path)
+    result = engine.run()
+    b_only = sum(2 * m.d_out * 4 for m in engine.spec.modules)  # rank 2 (the minimum), B is [d_out, r], fp32
+    assert {r["bytes_up"] for r in result.records if r["type"] == "client"} == {b_only}

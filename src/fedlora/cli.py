@@ -114,7 +114,7 @@ def _run_label(run_dir: Path) -> str:
         strategy = tomllib.loads((run_dir / "config.toml").read_text())["strategy"]["name"]
     except (OSError, KeyError, tomllib.TOMLDecodeError):
         return run_dir.name
-    return f"{run_dir.name} ({strategy})"
+    return run_dir.name if strategy in run_dir.name else f"{run_dir.name} ({strategy})"
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

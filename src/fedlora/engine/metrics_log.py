@@ -3,8 +3,9 @@
 Record types (field ``type``):
 - ``client``: one per client per round: ``round``, ``client``, ``status`` (ok | failed | rejected),
   ``rank`` (largest planned rank), ``trained_modules``, ``num_examples``, ``loss`` (mean over steps),
-  ``loss_first``, ``loss_last``, ``steps``, ``seconds``, ``bytes_down``/``bytes_up`` (counted from
-  the tensors sent and received), ``error`` when it failed or was rejected.
+  ``loss_first``, ``loss_last``, ``steps``, ``seconds``, ``bytes_down`` (the payload's starting
+  factors and any FLoRA base delta) and ``bytes_up`` (the trained factors of the update; FFA-LoRA's
+  frozen ``A`` is not sent), counted from the actual tensors; ``error`` when it failed or was rejected.
 - ``round``: one per round: ``round``, ``clients``, ``accepted``, ``failed``, ``rejected``,
   ``train_loss`` (mean of the clients' losses), ``seconds``, ``bytes_down``/``bytes_up`` totals and
   the strategy's own metrics under ``strategy/``.

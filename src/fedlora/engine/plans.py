@@ -115,10 +115,21 @@ class Planner:
     def plan_report(self, server_round: int = 1, strategy: Any = None) -> dict[str, Any]:
         """Round ``server_round``'s plans of every client, with budgets, predicted peaks and values when known."""
         if self._static is not None:
-            return {"plans": [self._static[c] for c in self.ids], "budgets": None, "predictions": None, "values": None}
+            plans = [self._static[c] for c in self.ids]
+            return {"plans": plans, "budgets": None, "predictions": self._predicted_peaks(plans), "values": None}
         plans, selections = self._fedpilot(server_round, self.ids, strategy)
         return {"plans": [plans[c] for c in self.ids], "budgets": self.budgets,
                 "predictions": [s.predicted_bytes for s in selections], "values": [s.value for s in selections]}  # fmt: skip
+
+    def _predicted_peaks(self, plans: Sequence[ClientPlan]) -> list[int] | None:
+        """Training-memory peak of each plan by ``allocation.memory.MemoryModel`` (None if it cannot model the spec)."""
+        from fedlora.allocation.memory import MemoryModel
+
+        try:
+            mm = MemoryModel(self.spec, **memory_model_kwargs(self.cfg, self.spec))
+            return [int(mm.peak_bytes(dict(p.ranks))) for p in plans]
+        except (ValueError, KeyError):
+            return None
 
     def state_dict(self) -> dict[str, Any]:
         return {"local_importance": {c: dict(v) for c, v in self.local_importance.items()}}

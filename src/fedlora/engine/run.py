@@ -27,7 +27,7 @@ from fedlora.engine.plans import Planner
 from fedlora.engine.progress import Progress
 from fedlora.engine.sampling import client_seed, clients_per_round, sample_clients
 
-__all__ = ["RunError", "RunResult", "Engine", "run_dir_for", "adapter_bytes", "payload_bytes"]
+__all__ = ["RunError", "RunResult", "Engine", "run_dir_for", "adapter_bytes", "payload_bytes", "update_bytes"]
 
 CONFIG_FILE = "config.toml"
 SUMMARY_FILE = "summary.json"
@@ -66,17 +66,26 @@ def payload_bytes(payload: Any) -> int:
     return adapter_bytes(payload.init) + adapter_bytes(payload.base_delta)
 
 
+def update_bytes(update: Any, payload: Any) -> int:
+    """Bytes a client uploads: the factors it trained (FFA-LoRA's frozen ``A`` stays home)."""
+    parts = [name for name, trained in (("A", payload.train_A), ("B", payload.train_B)) if trained]
+    return sum(getattr(f, p).numel() * getattr(f, p).element_size() for f in update.factors.values() for p in parts)
+
+
 def _error_summary(err: BaseException) -> str:
     frames = traceback.extract_tb(err.__traceback__)
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
     return f"{type(err).__name__}: {err}{where}"
 
 
-def _set_threads(n: int) -> None:
+def _set_threads(n: int) -> int:
+    """Set torch's CPU threads to ``n``; returns the previous count."""
     import torch
 
-    if torch.get_num_threads() != n:
+    before = torch.get_num_threads()
+    if before != n:
         torch.set_num_threads(n)
+    return before
 
 
 def _per_task(examples: list, limit: int) -> list:
@@ -124,7 +133,7 @@ class Engine:
 
         t0 = time.perf_counter()
         threads, why = build.choose_threads(self.cfg.run.threads)
-        _set_threads(threads)
+        self._threads_before = _set_threads(threads)
         try:
             data = build_data(self.cfg)
         except ValueError as err:
@@ -204,6 +213,7 @@ class Engine:
                     break
         finally:
             self.progress.close()
+            _set_threads(self._threads_before)  # the caller's setting comes back (library use, notebooks)
         return self._finish(last)
 
     def _round(self, server_round: int) -> None:
@@ -246,7 +256,7 @@ class Engine:
             hook.remove()
         m = update.metrics
         record.update(status="ok", loss=m["train_loss"], loss_first=m["train_loss_first"], loss_last=m["train_loss_last"],
-                      steps=int(m["steps"]), seconds=m["seconds"], bytes_up=adapter_bytes(update.factors))  # fmt: skip
+                      steps=int(m["steps"]), seconds=m["seconds"], bytes_up=update_bytes(update, payload))  # fmt: skip
         self.progress.client_end(record | {"planned_steps": self.cfg.train.local_steps})
         return record, update
 
