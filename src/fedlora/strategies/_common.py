@@ -177,3 +177,23 @@ def check_state_name(state: Mapping[str, Any], name: str) -> None:
 
 def round_metrics(valid: Sequence[Update], rejected: Mapping[str, str]) -> dict[str, float]:
     return {"num_accepted": float(len(valid)), "num_rejected": float(len(rejected))}
+
+
+def global_state(strategy: Any) -> dict[str, Any]:
+    """State of a strategy whose whole state is ``seed``, ``_global``, ``_shapes`` and ``_book``."""
+    return {
+        "name": strategy.name,
+        "seed": strategy.seed,
+        "global": adapter_to_state(strategy._global),
+        "shapes": shapes_to_state(strategy._shapes),
+        "book": strategy._book.to_state(),
+    }
+
+
+def load_global_state(strategy: Any, state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`global_state`, checking that the state belongs to this method."""
+    check_state_name(state, strategy.name)
+    strategy.seed = int(state["seed"])
+    strategy._global = adapter_from_state(state["global"])
+    strategy._shapes = normalize_shapes(state["shapes"])
+    strategy._book = RoundBook.from_state(state["book"])

@@ -82,17 +82,7 @@ class FFALoRA:
         return dict(self._global)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "seed": self.seed,
-            "global": C.adapter_to_state(self._global),
-            "shapes": C.shapes_to_state(self._shapes),
-            "book": self._book.to_state(),
-        }
+        return C.global_state(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        C.check_state_name(state, self.name)
-        self.seed = int(state["seed"])
-        self._global = C.adapter_from_state(state["global"])
-        self._shapes = C.normalize_shapes(state["shapes"])
-        self._book = C.RoundBook.from_state(state["book"])
+        C.load_global_state(self, state)
