@@ -53,7 +53,7 @@ RANK_BENCH = """
 [bench]
 name = "tiny"
 seeds = [0]
-primary_metric = "heldout/rougeL_tf"
+primary_metric = "heldout/accuracy"
 metrics = ["heldout/loss", "eval/loss", "train/loss"]
 [bench.claim]
 text = "FlexLoRA beats FedIT."
@@ -100,11 +100,11 @@ def test_grid_expands_methods_distributions_seeds(tmp_path):
     assert (cell.config.run.seed, cell.config.run.name) == (1, "fedit-max-drop__light__seed1")
     assert cell.config.strategy.name == "fedit" and cell.method.plan == "drop-small"
     assert cell.config.clients.rank_distribution == "heavy-tail-light"
-    assert bench.metrics[0] == "heldout/rougeL_tf" and bench.claim.baselines == ("fedit-max-drop",)
+    assert bench.metrics[0] == "heldout/accuracy" and bench.claim.baselines == ("fedit-max-drop",)
 
 
 def test_grid_reports_every_problem_at_once(tmp_path):
-    text = RANK_BENCH.replace('plan = "drop-small"', 'plan = "drop-smal"').replace('primary_metric = "heldout/rougeL_tf"', 'primary_metric = "rougeL"')
+    text = RANK_BENCH.replace('plan = "drop-small"', 'plan = "drop-smal"').replace('primary_metric = "heldout/accuracy"', 'primary_metric = "rougeL"')
     text += '\n[methods.bad]\nstrategy.name = "fedavg"\ntrain.lrr = 1\n'
     with pytest.raises(BenchError) as err:
         load_bench(_write(tmp_path, text))
@@ -321,7 +321,8 @@ def test_compare_pairs_seeds_and_stays_conservative():
     (paired,) = compare(_rows("m", {"a": [0.3, 0.61, 0.49], "b": [0.2, 0.5, 0.4]}), "a", ["b", "missing"], "m")
     assert paired.verdict == "better" and paired.seeds == 3 and paired.diff == pytest.approx(0.1)
     (noisy,) = compare(_rows("m", {"a": [0.5, 0.4, 0.6], "b": [0.4, 0.5, 0.55]}), "a", ["b"], "m")
-    assert noisy.verdict == "within noise"  # differences +0.1, -0.1, +0.05
+    assert noisy.verdict == "no difference detected"  # differences +0.1, -0.1, +0.05
+    assert noisy.ci_low < 0 < noisy.ci_high
 
 
 def test_compare_counts_lower_loss_as_better():

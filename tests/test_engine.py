@@ -144,7 +144,7 @@ def test_a_failing_client_is_reported_and_the_round_completes(data_file, tmp_pat
     engine.setup()
     real_train = engine.trainer.train
 
-    def flaky(payload, examples, *, client_seed):
+    def flaky(payload, examples, *, client_seed, on_step=None):
         if payload.plan.client_id == "client_001":
             raise RuntimeError("out of memory on this phone")
         return real_train(payload, examples, client_seed=client_seed)

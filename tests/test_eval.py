@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -12,7 +13,10 @@ from fedlora.client.trainer import LocalTrainer, TrainConfig
 from fedlora.data.example import Example
 from fedlora.data.formatting import collate, encode_example
 from fedlora.eval import (
+    choice_loglikelihoods,
     evaluate,
+    predict_choices,
+    summarize,
     generate_answers,
     is_correct,
     normalize_answer,
@@ -92,15 +96,58 @@ def _chatty_tiny():
 def test_evaluate_returns_every_metric_overall_and_per_task():
     model, tok = tiny_llama()
     result = evaluate(model, tok, GEN + CLS, max_new_tokens=6, batch_size=3)
-    for prefix in ("", "task/repeat/", "task/sentiment/"):
-        for metric in ("rougeL", "rougeL_tf", "loss", "n_examples"):
+    for prefix in ("", "task/repeat/"):
+        for metric in ("rougeL", "rougeL_se", "rougeL_tf", "rougeL_tf_se", "loss", "loss_se", "n_examples"):
             assert f"{prefix}{metric}" in result
-    assert "accuracy" in result and "task/sentiment/accuracy" in result and "task/repeat/accuracy" not in result
-    assert result["n_examples"] == 8 and result["task/sentiment/n_examples"] == 3
+    for prefix in ("", "task/sentiment/"):
+        for metric in ("accuracy", "accuracy_se", "majority", "chance", "loss", "n_cls"):
+            assert f"{prefix}{metric}" in result
+    assert "task/sentiment/rougeL" not in result and "task/repeat/accuracy" not in result  # each kind scored its own way
+    assert result["n_examples"] == 8 and result["n_cls"] == 3 and result["n_gen"] == 5 and result["task/sentiment/n_examples"] == 3
+    assert result["majority"] == pytest.approx(2 / 3) and result["chance"] == pytest.approx(0.5)
     assert all(0.0 <= result[k] <= 1.0 for k in result if k.endswith(("rougeL", "rougeL_tf", "accuracy")))
     assert evaluate(model, tok, GEN + CLS, max_new_tokens=6, batch_size=3) == result  # deterministic
-    fast = evaluate(model, tok, GEN, generate=False)
-    assert "rougeL" not in fast and "accuracy" not in fast and fast["loss"] == pytest.approx(result["task/repeat/loss"], rel=1e-5)
+    fast = evaluate(model, tok, GEN + CLS, generate=False)
+    assert "rougeL" not in fast and fast["accuracy"] == result["accuracy"]
+    assert fast["task/repeat/loss"] == pytest.approx(result["task/repeat/loss"], rel=1e-5)
+
+
+def _choice_loglik_by_hand(model, tok, ex, choice):
+    enc = encode_example(tok, Example(ex.instruction, ex.input, choice, ex.task, ex.choices), 256)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([enc["input_ids"]])).logits[0, :-1].double(), -1)
+    targets = enc["input_ids"][1:]
+    return sum(float(logp[i, t]) for i, (t, label) in enumerate(zip(targets, enc["labels"][1:])) if label != -100)
+
+
+def test_likelihood_accuracy_picks_the_choice_of_highest_answer_loglikelihood():
+    model, tok = _chatty_tiny()
+    examples = CLS + [Example("Which topic?", "stocks fell", "business", "topic", ("business", "sport", "tech", "entertainment"))]
+    lls = choice_loglikelihoods(model, tok, examples, batch_size=4)
+    for ex, row in zip(examples, lls):
+        expected = [_choice_loglik_by_hand(model, tok, ex, c) for c in ex.choices]
+        assert row == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    predicted = predict_choices(lls, examples)
+    assert predicted == [ex.choices[max(range(len(r)), key=r.__getitem__)] for ex, r in zip(examples, lls)]
+    result = evaluate(model, tok, examples, generate=False)
+    correct = [p == ex.output for p, ex in zip(predicted, examples)]
+    assert result["accuracy"] == pytest.approx(sum(correct) / len(correct))
+    assert result["accuracy_se"] == pytest.approx(statistics.stdev(map(float, correct)) / math.sqrt(len(correct)))
+
+
+def test_majority_rate_is_per_task_and_weighted_by_examples():
+    a = [Example("q", str(i), "yes" if i < 3 else "no", "a", ("yes", "no")) for i in range(4)]  # majority 3/4
+    b = [Example("q", str(i), "x", "b", ("x", "y", "z")) for i in range(2)]                    # majority 2/2
+    rows = [{"nll": 1.0, "tokens": 1, "correct": 0.0} for _ in a + b]
+    result = summarize(a + b, rows)
+    assert result["majority"] == pytest.approx(5 / 6) and result["task/a/majority"] == 0.75 and result["task/b/majority"] == 1.0
+    assert result["chance"] == pytest.approx((4 / 2 + 2 / 3) / 6)
+
+
+def test_a_classification_answer_outside_its_choices_is_an_error():
+    model, tok = tiny_llama()
+    with pytest.raises(ValueError, match="not one of its choices"):
+        evaluate(model, tok, [Example("q", "x", "maybe", "t", ("yes", "no"))], generate=False)
 
 
 def test_loss_is_the_mean_answer_token_nll():

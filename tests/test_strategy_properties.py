@@ -30,8 +30,14 @@ def _ranks(strategy: Strategy, k: int) -> dict[str, int]:
     return {Q: 2, UP: 3}
 
 
-def _global_deltas(strategy: Strategy) -> dict[str, torch.Tensor]:
-    return {m: lora_delta(f) for m, f in strategy.global_adapter().items()}
+def _models(strategy: Strategy) -> list[dict]:
+    """The adapters a strategy is evaluated with: its global one, or each client's (local-only)."""
+    per_client = getattr(strategy, "evaluation_adapters", None)
+    return list(per_client().values()) if per_client else [strategy.global_adapter()]
+
+
+def _model_deltas(strategy: Strategy) -> list[dict[str, torch.Tensor]]:
+    return [{m: lora_delta(f) for m, f in adapter.items()} for adapter in _models(strategy)]
 
 
 def _assert_state_equal(a, b, path="state"):
@@ -79,7 +85,8 @@ def test_identical_updates_come_back_unchanged(name):
     # Assert: the global update equals the client's, and round 2 hands it back
     assert result.accepted == ["c0", "c1", "c2"]
     for m, f in one.factors.items():
-        torch.testing.assert_close(_global_deltas(s)[m], lora_delta(f), rtol=1e-5, atol=1e-6)
+        for deltas in _model_deltas(s):
+            torch.testing.assert_close(deltas[m], lora_delta(f), rtol=1e-5, atol=1e-6)
         start = nxt["c1"].init.get(m) or (nxt["c1"].base_delta or {}).get(m)
         torch.testing.assert_close(lora_delta(start), lora_delta(f), rtol=1e-5, atol=1e-6)
 
@@ -90,8 +97,9 @@ def test_single_client_gets_its_own_update_back(name):
     payloads = s.configure(1, [make_plan("solo", _ranks(s, 0))])
     update = simulate_client(payloads["solo"], torch.Generator().manual_seed(1), 7)
     s.aggregate(1, [update])
+    (deltas,) = _model_deltas(s)
     for m, f in update.factors.items():
-        torch.testing.assert_close(_global_deltas(s)[m], lora_delta(f), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(deltas[m], lora_delta(f), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", STRATEGY_NAMES)
@@ -101,10 +109,10 @@ def test_client_order_does_not_matter(name):
     _round(backward, 1, 3, torch.Generator().manual_seed(2))
     forward.aggregate(1, updates)
     backward.aggregate(1, updates[::-1])
-    a, b = forward.global_adapter(), backward.global_adapter()
-    assert a.keys() == b.keys()
-    for m in a:
-        torch.testing.assert_close(lora_delta(a[m]), lora_delta(b[m]), rtol=1e-6, atol=1e-9)
+    for a, b in zip(_models(forward), _models(backward), strict=True):
+        assert a.keys() == b.keys()
+        for m in a:
+            torch.testing.assert_close(lora_delta(a[m]), lora_delta(b[m]), rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", STRATEGY_NAMES)
@@ -138,8 +146,9 @@ def test_rejected_update_does_not_stop_the_others(name):
     ref.aggregate(1, [updates[0], updates[2]])
     # Assert
     assert result.accepted == ["c0", "c2"] and "NaN" in result.rejected["c1"]
-    for m, d in _global_deltas(ref).items():
-        torch.testing.assert_close(_global_deltas(s)[m], d)
+    for got, want in zip(_model_deltas(s), _model_deltas(ref), strict=True):
+        for m, d in want.items():
+            torch.testing.assert_close(got[m], d)
 
 
 @pytest.mark.parametrize("name", STRATEGY_NAMES)
@@ -148,11 +157,11 @@ def test_no_valid_update_leaves_the_global_state_unchanged(name):
     s = _new(name)
     _, _, updates = _round(s, 1, 2, gen)
     s.aggregate(1, updates)
-    before = {m: (f.A.clone(), f.B.clone(), f.alpha) for m, f in s.global_adapter().items()}
+    before = [{m: (f.A.clone(), f.B.clone(), f.alpha) for m, f in a.items()} for a in _models(s)]
     _, _, updates2 = _round(s, 2, 2, gen)
     stranger = Update("stranger", updates2[0].factors, 3)
     result = s.aggregate(2, [stranger, Update("c0", updates2[0].factors, 0)])
-    after = {m: (f.A, f.B, f.alpha) for m, f in s.global_adapter().items()}
+    after = [{m: (f.A, f.B, f.alpha) for m, f in a.items()} for a in _models(s)]
     assert result.accepted == [] and "not configured in round 2" in result.rejected["stranger"]
     assert "num_examples" in result.rejected["c0"]
     _assert_state_equal(before, after)

@@ -98,8 +98,14 @@ class DataSection:
     """``[data]``: where examples come from and how they are split among clients."""
 
     source: str = opt("bundled", "'bundled' (offline multi-task benchmark), 'jsonl' (files with instruction/input/"
-                      "output/task fields) or 'hf' (a datasets id, data file or saved folder)", choices=("bundled", "jsonl", "hf"))
-    train_path: str = opt("", "jsonl/hf: training data (file, folder or hub id); required for those sources")
+                      "output/task fields), 'hf' (a datasets id, data file or saved folder) or 'client_folder' (FlexLoRA's "
+                      "per-client folder of local_training_<id>.json / local_test_<id>.json files)",
+                      choices=("bundled", "jsonl", "hf", "client_folder"))
+    train_path: str = opt("", "jsonl/hf: training data (file, folder or hub id); client_folder: the folder; required for those sources")
+    heldout_clients: int = opt(0, "client_folder: clients that never train; their test files are the held-out (unseen-task) "
+                               "evaluation", ge=0)
+    client_eval_file: str = opt("test", "client_folder: which file of each client is evaluated, 'test' or 'eval'",
+                                choices=("test", "eval"))
     eval_path: str = opt("", "jsonl/hf: evaluation data; empty: `max_eval_per_task` examples per task are split off train")
     heldout_path: str = opt("", "jsonl/hf: examples of unseen tasks, evaluated only (held-out Rouge-L)")
     split: str = opt("train", "hf: the split to read")
@@ -114,8 +120,8 @@ class DataSection:
                          "'dirichlet' (task mixtures) or 'iid'", choices=("task", "dirichlet", "iid"))
     concentration: float = opt(0.5, "dirichlet: concentration (small: about one task per client; large: near IID)", gt=0)
     num_clients: int = opt(8, "number of simulated clients", ge=1)
-    max_train_per_task: int = opt(1000, "training examples kept per task (0: all)", ge=0)
-    max_eval_per_task: int = opt(20, "evaluation (and held-out) examples per task", ge=1)
+    max_train_per_task: int = opt(1000, "training examples kept per task (client_folder: per client) (0: all)", ge=0)
+    max_eval_per_task: int = opt(20, "evaluation (and held-out) examples per task (client_folder: per client)", ge=1)
 
 
 @dataclass(frozen=True)
@@ -149,8 +155,9 @@ class ClientsSection:
 class StrategySection:
     """``[strategy]``: the federated method; any other key is a constructor argument of that method."""
 
-    name: str = opt("flexlora", "fedit | flexlora | hetlora | flora | ffa | fedpilot",
-                    choices=("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot"))
+    name: str = opt("flexlora", "fedit | flexlora | hetlora | flora | ffa | fedpilot | local (no aggregation: each client "
+                    "alone, the floor; evaluated as the mean over the clients' own models)",
+                    choices=("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "local"))
     params: dict = opt({}, "method arguments (e.g. HetLoRA `gamma`, `regularization`, `prune`), written as plain keys")
 
 
@@ -176,7 +183,9 @@ class EvalSection:
     max_new_tokens: int = opt(32, "generation budget per answer", ge=1)
     batch_size: int = opt(8, "examples per evaluation batch", ge=1)
     max_length: int = opt(256, "max prompt tokens (and prompt + answer for teacher forcing)", ge=8)
-    generate: bool = opt(True, "generate answers (Rouge-L, accuracy); false: teacher-forced metrics and loss only")
+    generate: bool = opt(True, "generate answers of generation tasks (Rouge-L); false: likelihood accuracy, teacher-forced "
+                         "Rouge-L and loss only")
+    at_start: bool = opt(True, "evaluate the base model before training (round 0); a bench's 'no-train' method measures it once")
     seen: bool = opt(True, "evaluate the eval split of the training tasks")
     seen_per_task: int = opt(0, "evaluate at most this many examples per seen task (0: all of data.max_eval_per_task)", ge=0)
     heldout: bool = opt(True, "evaluate the held-out (unseen) tasks")
@@ -374,8 +383,16 @@ def _budget_errors(c: ClientsSection) -> list[str]:
 
 def _data_errors(d: DataSection) -> list[str]:
     errors = []
-    if d.source in ("jsonl", "hf") and not d.train_path:
+    if d.source in ("jsonl", "hf", "client_folder") and not d.train_path:
         errors.append(f"data.train_path is empty: data.source = {d.source!r} needs a training file, folder or dataset id")
+    if d.source == "client_folder":
+        for key in ("eval_path", "heldout_path"):
+            if getattr(d, key):
+                errors.append(f"data.{key} = {getattr(d, key)!r}: source 'client_folder' reads each client's own files; "
+                              "remove it (use data.client_eval_file to choose test or eval files)")
+    elif d.heldout_clients:
+        errors.append(f"data.heldout_clients = {d.heldout_clients}: only read for source 'client_folder'; use "
+                      "data.heldout_tasks for the other sources")
     if d.source == "bundled":
         for key in ("train_path", "eval_path", "heldout_path"):
             if getattr(d, key):

@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["SUMMARY_METRICS", "run_summary", "summary_table", "compare_table", "print_summary", "plot_run"]
+__all__ = ["SUMMARY_METRICS", "run_summary", "summary_table", "compare_table", "print_summary", "plot_run", "change_verdict",
+           "verdict_lines"]
 
-SUMMARY_METRICS = ("rougeL", "rougeL_tf", "accuracy", "loss")
-"""Metrics of each evaluation split shown before/after (per-task rows add ``task/<name>/rougeL``)."""
+SUMMARY_METRICS = ("accuracy", "majority", "rougeL", "rougeL_tf", "loss")
+"""Metrics of each evaluation split shown before/after, with their ``_se`` (per-task rows add ``task/<name>/accuracy|rougeL``)."""
+_HIGHER_IS_BETTER = ("accuracy", "rougeL", "rougeL_tf")
 
 
 def _evals(records: Sequence[dict], split: str) -> list[dict]:
@@ -43,13 +45,58 @@ def run_summary(records: Sequence[dict]) -> dict[str, Any]:
 
 
 def _metrics(record: dict) -> dict[str, float]:
-    keep = set(SUMMARY_METRICS) | {k for k in record if k.startswith("task/") and k.endswith(("/rougeL", "/accuracy"))}
+    tasks = ("/rougeL", "/accuracy", "/majority", "/rougeL_se", "/accuracy_se")
+    keep = set(SUMMARY_METRICS) | {f"{m}_se" for m in SUMMARY_METRICS} | {"n_cls", "n_gen", "n_examples"}
+    keep |= {k for k in record if k.startswith("task/") and k.endswith(tasks)}
     return {k: record[k] for k in sorted(record) if k in keep and record[k] is not None}
 
 
 def _row_names(before: dict, after: dict) -> list[str]:
     names = [m for m in SUMMARY_METRICS if m in before or m in after]
-    return names + sorted(k for k in set(before) | set(after) if k.startswith("task/"))
+    tasks = sorted(k for k in set(before) | set(after) if k.startswith("task/") and not k.endswith(("_se", "/majority")))
+    return names + tasks
+
+
+def change_verdict(before: dict, after: dict, metric: str) -> tuple[float, float, str] | None:
+    """``(change, its standard error, verdict)`` of ``metric`` from ``before`` to ``after`` (same examples).
+
+    The SE combines the two evaluations' SEs as if independent, ``sqrt(se_b^2 + se_a^2)``: conservative,
+    since scores of the same examples before and after are positively correlated. Verdict: ``better`` /
+    ``worse`` when the change exceeds 1.96 SE, else ``no change detected``.
+    """
+    b, a = before.get(metric), after.get(metric)
+    if a is None or b is None or f"{metric}_se" not in before or f"{metric}_se" not in after:
+        return None
+    se = (before[f"{metric}_se"] ** 2 + after[f"{metric}_se"] ** 2) ** 0.5
+    up = a - b
+    if abs(up) <= 1.96 * se:
+        return up, se, "no change detected"
+    better = (up > 0) == (metric.rsplit("/", 1)[-1] in _HIGHER_IS_BETTER)
+    return up, se, "better" if better else "worse"
+
+
+def verdict_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per split: accuracy against the majority rate and Rouge-L, before and after, and what changed."""
+    lines = []
+    for split, s in summary["splits"].items():
+        b, a = s["before"], s["after"]
+        parts = []
+        if "accuracy" in a:
+            v = change_verdict(b, a, "accuracy")
+            margin = a["accuracy"] - a.get("majority", float("nan"))
+            parts.append(f"likelihood accuracy {_pm(b, 'accuracy')} → {_pm(a, 'accuracy')} (majority rate {a.get('majority', float('nan')):.3f}; "
+                         f"after − majority {margin:+.3f}){'' if v is None else f': {v[2]} ({v[0]:+.3f} ± {1.96 * v[1]:.3f})'}")
+        if "rougeL" in a:
+            v = change_verdict(b, a, "rougeL")
+            parts.append(f"Rouge-L {_pm(b, 'rougeL')} → {_pm(a, 'rougeL')}{'' if v is None else f': {v[2]} ({v[0]:+.3f} ± {1.96 * v[1]:.3f})'}")
+        if parts:
+            lines.append(f"{split}: " + "; ".join(parts))
+    return lines
+
+
+def _pm(record: dict, metric: str) -> str:
+    se = record.get(f"{metric}_se")
+    return f"{record[metric]:.3f}" + ("" if se is None else f" ± {se:.3f}")
 
 
 def summary_table(summary: dict[str, Any], title: str = "fedlora run"):
@@ -63,9 +110,10 @@ def summary_table(summary: dict[str, Any], title: str = "fedlora run"):
         label = f"{split} (r{s['before_round']}→r{s['after_round']})"
         for name in _row_names(s["before"], s["after"]):
             b, a = s["before"].get(name), s["after"].get(name)
+            verdict = change_verdict(s["before"], s["after"], name)
             change = "" if a is None or b is None else f"{a - b:+.4f}"
-            style = "" if not change else ("green" if (a - b > 0) != (name.endswith("loss")) else "red")
-            table.add_row(label, name, _fmt(b), _fmt(a), f"[{style}]{change}[/]" if style else change)
+            style = "" if verdict is None or verdict[2] == "no change detected" else ("green" if verdict[2] == "better" else "red")
+            table.add_row(label, name, _fmt_se(s["before"], name), _fmt_se(s["after"], name), f"[{style}]{change}[/]" if style else change)
             label = ""
     losses = [x for x in summary["train_loss"] if x is not None]
     if losses:
@@ -98,10 +146,20 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
+def _fmt_se(record: dict, name: str) -> str:
+    if record.get(name) is None:
+        return "-"
+    se = record.get(f"{name}_se")
+    return f"{record[name]:.4f}" + ("" if se is None else f" ± {se:.4f}")
+
+
 def print_summary(summary: dict[str, Any], console: Any = None, title: str = "fedlora run") -> None:
     from rich.console import Console
 
-    (console or Console()).print(summary_table(summary, title))
+    console = console or Console()
+    console.print(summary_table(summary, title))
+    for line in verdict_lines(summary):
+        console.print(f"verdict {line}")
 
 
 def _plt():
@@ -141,13 +199,14 @@ def _plot_eval(records: Sequence[dict], path: Path) -> Path | None:
     if not evals:
         return None
     plt = _plt()
-    metrics = [m for m in ("rougeL", "rougeL_tf", "accuracy", "loss") if any(r.get(m) is not None for r in evals)]
+    metrics = [m for m in ("accuracy", "rougeL", "rougeL_tf", "loss") if any(r.get(m) is not None for r in evals)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for split in ("eval", "heldout"):
-            points = [(r["round"], r[metric]) for r in _evals(records, split) if r.get(metric) is not None]
+            points = [(r["round"], r[metric], r.get(f"{metric}_se") or 0.0) for r in _evals(records, split) if r.get(metric) is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", label=split)
+                xs, ys, se = zip(*points)
+                ax.errorbar(xs, ys, yerr=[1.96 * e for e in se], marker="o", capsize=3, label=f"{split} (95% CI)")
         ax.set(xlabel="round", title=metric)
         ax.legend()
     return _save(fig, path)

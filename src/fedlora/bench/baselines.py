@@ -6,6 +6,10 @@
   baseline (a)): the clients whose budget fits full LoRA at ``clients.fedpilot_rank`` train it.
 * ``last-layers`` (baseline (b)): walk the modules from the output down (layer by layer, the
   last module of a layer first) and train the longest suffix whose predicted peak fits the budget.
+* ``centralized``: every client's training data pooled on one client ("pooled"), which trains at the
+  largest client rank (every module) for ``clients_per_round x local_steps`` steps per round, so the
+  total number of steps equals the federation's (the ceiling of every federated comparison).
+* ``no-train``: the base model, evaluated once (round 0), no training (the starting point).
 * ``random-modules`` (baseline (c), FedRA-like): add modules in a random order (re-drawn every round,
   seeded by ``(seed, round, client)``), keeping each one that still fits the budget.
 
@@ -27,9 +31,12 @@ from fedlora.allocation.planner import plan_flexlora, plans_from_selections
 from fedlora.modelspec import ModelSpec
 
 __all__ = ["PLAN_MODES", "full_lora_fits", "select_last_layers", "select_random_modules", "drop_small_by_rank",
-           "drop_small_by_budget", "BaselinePlanner", "install_plan_mode"]  # fmt: skip
+           "drop_small_by_budget", "BaselinePlanner", "PooledPlanner", "install_plan_mode"]  # fmt: skip
 
-PLAN_MODES = ("drop-small", "last-layers", "random-modules")
+PLAN_MODES = ("drop-small", "last-layers", "random-modules", "centralized", "no-train")
+"""Bench-side allocations. ``centralized`` and ``no-train`` are the reference points of every comparison:
+all clients' data pooled on one client at the largest rank with the federation's total local steps (the
+ceiling), and the untrained base model (round 0 only)."""
 
 _KIND_ORDER = {"q_proj": 0, "k_proj": 1, "v_proj": 2, "o_proj": 3, "gate_proj": 4, "up_proj": 5, "down_proj": 6}
 
@@ -113,7 +120,7 @@ class BaselinePlanner:
 
     def __init__(self, mode: str, spec: ModelSpec, ids: Sequence[str], *, ranks: Sequence[int], budgets: Sequence[int] | None,
                  mm_kwargs: Mapping[str, Any], rank: int, alpha_ratio: float, seed: int) -> None:  # fmt: skip
-        if mode not in PLAN_MODES:
+        if mode not in PLAN_MODES[:3]:
             raise ValueError(f"unknown plan mode {mode!r}; use one of {', '.join(PLAN_MODES)}")
         if mode != "drop-small" and budgets is None:
             raise ValueError(f"plan {mode!r} selects modules under memory budgets; give the clients budgets "
@@ -160,12 +167,60 @@ class BaselinePlanner:
                              f"this run uses plan {self.allocation!r} with clients {list(self.ids)}")  # fmt: skip
 
 
-def install_plan_mode(engine: Any, mode: str) -> BaselinePlanner:
+class PooledPlanner:
+    """Engine planner of the ``centralized`` baseline: one client ``"pooled"`` at ``rank`` on every module."""
+
+    needs_importance = False
+    allocation = "centralized"
+
+    def __init__(self, spec: ModelSpec, rank: int, alpha_ratio: float) -> None:
+        self.rank, self.ids = int(rank), ("pooled",)
+        self._plan = plan_flexlora(spec, ["pooled"], [self.rank], alpha_ratio=alpha_ratio)[0]
+        self.ranks, self.budgets = [self.rank], None
+
+    def score_clients(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing to score."""
+
+    def plans(self, server_round: int, ids: Sequence[str], strategy: Any = None) -> dict[str, ClientPlan]:
+        return {cid: self._plan for cid in ids}
+
+    def plan_report(self, server_round: int = 1, strategy: Any = None) -> dict[str, Any]:
+        return {"plans": [self._plan], "budgets": None, "predictions": None, "values": None}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mode": self.allocation, "rank": self.rank}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("mode") != self.allocation or int(state.get("rank", -1)) != self.rank:
+            raise ValueError(f"checkpoint was written by plan {state.get('mode')!r} (rank {state.get('rank')}); this run "
+                             f"pools the data at rank {self.rank}")  # fmt: skip
+
+
+def _install_centralized(engine: Any) -> PooledPlanner:
+    from dataclasses import replace
+
+    pooled = [ex for cid in engine.data.client_ids for ex in engine.data.clients[cid]]
+    steps = engine.per_round * engine.trainer.config.local_steps
+    planner = PooledPlanner(engine.spec, max(engine.planner.ranks), engine.cfg.clients.alpha_ratio)
+    engine.data.clients = {"pooled": pooled}
+    engine.per_round, engine.planner = 1, planner
+    engine.trainer.config = replace(engine.trainer.config, local_steps=steps)
+    engine.progress.message(f"plan centralized: {len(pooled)} examples pooled on one client at rank {planner.rank}, "
+                            f"{steps} steps per round")  # fmt: skip
+    return planner
+
+
+def install_plan_mode(engine: Any, mode: str) -> BaselinePlanner | PooledPlanner | None:
     """Replace a set-up engine's planner with ``mode``'s; ``drop-small`` also removes the dropped clients
-    (and their data) from the federation. Call after ``engine.setup()`` and before ``engine.run()``."""
+    (and their data) from the federation, ``centralized`` pools them. ``no-train`` changes nothing (the
+    caller runs ``engine.run(stop_after=0)``). Call after ``engine.setup()`` and before ``engine.run()``."""
     from fedlora.engine.plans import memory_model_kwargs
     from fedlora.engine.sampling import clients_per_round
 
+    if mode == "no-train":
+        return None
+    if mode == "centralized":
+        return _install_centralized(engine)
     cfg, old = engine.cfg, engine.planner
     planner = BaselinePlanner(mode, engine.spec, engine.data.client_ids, ranks=old.ranks, budgets=old.budgets,
                               mm_kwargs=memory_model_kwargs(cfg, engine.spec), rank=cfg.clients.fedpilot_rank,

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the cells and their state, run nothing")
     p.add_argument("--report", action="store_true", help="only rebuild tables and plots from the finished cells")
     p.add_argument("--max-cells", type=int, help="stop after running this many cells")
+    p.add_argument("--publish", help="publish each finished cell to this folder (e.g. docs/results/<bench>): "
+                   "cells/<cell>.json, bench.json and comparisons.json; cells published there count as done")
     p.add_argument("--quiet", action="store_true", help="no per-round lines")
     p.add_argument("--threads", type=int, help="torch CPU threads of every cell (same as --set run.threads=N; on a shared "
                    "machine 1 avoids OpenMP oversubscription, which slowed a LoRA step down 20x here)")  # fmt: skip
@@ -96,7 +98,7 @@ def _run(args: argparse.Namespace, bench, out_dir: Path, argv: Sequence[str]) ->
     command = "fedlora bench " + " ".join(shlex.quote(a) for a in argv)
     try:
         report = run_grid(bench, out_dir, resume=args.resume, only=only, verbose=not args.quiet, command=command,
-                          max_cells=args.max_cells)  # fmt: skip
+                          max_cells=args.max_cells, publish=args.publish)  # fmt: skip
     except FileExistsError as err:
         print(f"fedlora bench: {err}", file=sys.stderr)
         return -EXIT_USAGE

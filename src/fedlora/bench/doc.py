@@ -3,9 +3,9 @@
 The claim check compares a bench's ``[bench.claim] method`` with each baseline on the primary
 metric, per resource distribution, paired by seed (a seed fixes the data split, the partition and
 the evaluation examples, so the paired difference removes most of the seed-to-seed spread): the
-mean paired difference, the relative change, and a verdict that never overstates: *better* /
-*worse* only when the mean difference exceeds twice its standard error (``std(d) / sqrt(n)``, at
-least 2 seeds), *within noise* otherwise, and *one seed* when there is no estimate of the noise.
+mean paired difference with its 95% Student-t interval, the relative change, and a verdict:
+*better* / *worse* when the interval excludes zero, *no difference detected* otherwise, and *one
+seed* when there is no estimate of the noise. ``comparisons.json`` holds every comparison.
 """
 
 from __future__ import annotations
@@ -21,21 +21,26 @@ from typing import Sequence
 from fedlora.bench.plots import plot_bench
 from fedlora.bench.results import CellRow, aggregate, collect, markdown_tables
 
-__all__ = ["Comparison", "lower_is_better", "compare", "claim_section", "bench_section", "write_results_doc"]
+__all__ = ["Comparison", "lower_is_better", "eval_size", "compare", "comparisons_json", "claim_section", "bench_section",
+           "write_results_doc"]
 
 
 @dataclass(frozen=True)
 class Comparison:
     """``method`` against ``baseline`` on one distribution: ``diff`` > 0 means ``method`` is better
-    (for a loss, lower), ``relative`` is ``diff`` over the baseline's value."""
+    (for a loss, lower), ``relative`` is ``diff`` over the baseline's value; ``ci_low``/``ci_high`` the
+    95% Student-t interval of the mean paired difference (None with one seed)."""
 
     distribution: str
     baseline: str
     diff: float
     relative: float | None
     stderr: float | None
-    verdict: str  # better | worse | within noise | one seed
+    verdict: str  # better | worse | no difference detected | one seed
     seeds: int = 1
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n_eval: int | None = None
 
 
 def lower_is_better(metric: str) -> bool:
@@ -43,27 +48,63 @@ def lower_is_better(metric: str) -> bool:
     return metric.rsplit("/", 1)[-1].endswith("loss")
 
 
+def eval_size(row: CellRow, metric: str) -> int | None:
+    """Examples behind ``metric`` in the cell's last evaluation of its split (``n_cls`` for accuracy,
+    ``n_gen`` for Rouge-L, else ``n_examples``); a task metric counts that task's examples."""
+    split, _, key = metric.partition("/")
+    evals = [r for r in row.records if r.get("type") == "eval" and r.get("split") == split and r.get(key) is not None]
+    if not evals:
+        return None
+    last, prefix = evals[-1], key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+    leaf = key.rsplit("/", 1)[-1]
+    count = "n_cls" if leaf.startswith("accuracy") else "n_gen" if leaf.startswith("rougeL") else "n_examples"
+    value = last.get(prefix + count, last.get(prefix + "n_examples"))
+    return None if value is None else int(value)
+
+
 def compare(rows: Sequence[CellRow], method: str, baselines: Sequence[str], metric: str) -> list[Comparison]:
     """``method`` against each baseline per distribution, paired by seed (same data split, same evaluation
-    examples); ``diff`` is the mean paired difference, signed so that > 0 means ``method`` is better."""
+    examples): the mean paired difference, signed so that > 0 means ``method`` is better, with a 95%
+    Student-t interval and a verdict (:func:`fedlora.eval.stats.paired_comparison`)."""
+    from fedlora.eval.stats import paired_comparison
+
     sign = -1.0 if lower_is_better(metric) else 1.0
-    value = {(r.method, r.distribution, r.seed): r.final.get(metric) for r in rows}
+    by_key = {(r.method, r.distribution, r.seed): r for r in rows}
     out = []
     for dist in dict.fromkeys(r.distribution for r in rows):
         for base in baselines:
-            pairs = [(v, value.get((base, dist, seed))) for (m, d, seed), v in value.items() if m == method and d == dist]
-            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            pairs = [(r, by_key.get((base, dist, r.seed))) for r in rows if r.method == method and r.distribution == dist]
+            pairs = [(a, b) for a, b in pairs if b is not None and a.final.get(metric) is not None and b.final.get(metric) is not None]
             if not pairs:
                 continue
-            diffs = [sign * (a - b) for a, b in pairs]
-            diff, base_mean = statistics.fmean(diffs), statistics.fmean(b for _, b in pairs)
+            diffs = [sign * (a.final[metric] - b.final[metric]) for a, b in pairs]
+            base_mean = statistics.fmean(b.final[metric] for _, b in pairs)
+            diff = statistics.fmean(diffs)
             rel = diff / abs(base_mean) if base_mean else None
+            sizes = [n for a, b in pairs for n in (eval_size(a, metric), eval_size(b, metric)) if n is not None]
+            n_eval = min(sizes) if sizes else None
             if len(diffs) < 2:
-                out.append(Comparison(dist, base, diff, rel, None, "one seed", 1))
+                out.append(Comparison(dist, base, diff, rel, None, "one seed", 1, n_eval=n_eval))
                 continue
-            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
-            verdict = "better" if diff > 2 * se else "worse" if diff < -2 * se else "within noise"
-            out.append(Comparison(dist, base, diff, rel, se, verdict, len(diffs)))
+            pc = paired_comparison(diffs, [0.0] * len(diffs))
+            out.append(Comparison(dist, base, diff, rel, pc.se, pc.verdict, pc.n, pc.ci_low, pc.ci_high, n_eval))
+    return out
+
+
+def comparisons_json(info: dict, rows: Sequence[CellRow]) -> list[dict]:
+    """Every comparison of the bench's claim (method vs each baseline, per distribution, on the primary
+    metric and every other non-training metric), as the objects of ``comparisons.json``."""
+    claim = info.get("claim")
+    if not claim:
+        return []
+    metrics = [info["primary_metric"]] + [m for m in info["metrics"] if m != info["primary_metric"] and not m.startswith("train/")]
+    out = []
+    for metric in metrics:
+        for c in compare(rows, claim["method"], claim["baselines"], metric):
+            out.append({"claim": claim["text"], "method": claim["method"], "baseline": c.baseline, "distribution": c.distribution,
+                        "metric": metric, "seeds": c.seeds, "n_eval": c.n_eval, "diff": c.diff, "ci_low": c.ci_low,
+                        "ci_high": c.ci_high, "verdict": c.verdict, "primary": metric == info["primary_metric"],
+                        "lower_is_better": lower_is_better(metric)})  # fmt: skip
     return out
 
 
@@ -76,12 +117,12 @@ def claim_section(info: dict, rows: Sequence[CellRow], labels: dict[str, str]) -
     better = "lower is better" if lower_is_better(metric) else "higher is better"
     lines = [f"**Claim.** {claim['text']}", "", f"**{name} against each baseline** on `{metric}` ({better}; a positive "
              "difference means the claimed method is better; mean of the differences paired by seed):", "",
-             "| distribution | baseline | seeds | difference | relative | 2 x std. error | verdict |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| distribution | baseline | seeds | eval examples | difference | relative | 95% CI | verdict |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in comps:
         rel = "-" if c.relative is None else f"{100 * c.relative:+.1f}%"
-        se = "-" if c.stderr is None else f"{2 * c.stderr:.4f}"
-        lines.append(f"| {c.distribution} | {labels.get(c.baseline, c.baseline)} | {c.seeds} | {c.diff:+.4f} | {rel} | {se} | {c.verdict} |")
-    counts = {v: sum(c.verdict == v for c in comps) for v in ("better", "within noise", "worse", "one seed")}
+        ci = "-" if c.ci_low is None else f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
+        lines.append(f"| {c.distribution} | {labels.get(c.baseline, c.baseline)} | {c.seeds} | {c.n_eval or '-'} | {c.diff:+.4f} | {rel} | {ci} | {c.verdict} |")
+    counts = {v: sum(c.verdict == v for c in comps) for v in ("better", "no difference detected", "worse", "one seed")}
     lines += ["", "**Reading.** " + _verdict_text(name, counts, comps), ""]
     lines += _other_metrics(info, rows, name)
     return "\n".join(lines)
@@ -96,7 +137,8 @@ def _other_metrics(info: dict, rows: Sequence[CellRow], name: str) -> list[str]:
             continue
         text = f"- On `{m}` {name} is better in {sum(c.diff > 0 for c in cs)} of {len(cs)} comparisons"
         if cs[0].stderr is not None:
-            text += f", beyond twice the standard error in {sum(c.verdict == 'better' for c in cs)}"
+            text += (f"; its 95% interval excludes zero in {sum(c.verdict == 'better' for c in cs)} (better) and "
+                     f"{sum(c.verdict == 'worse' for c in cs)} (worse)")
         lines.append(text + ".")
     return lines
 
@@ -112,15 +154,15 @@ def _verdict_text(name: str, counts: dict[str, int], comps: Sequence[Comparison]
         return head + ("With one seed per cell there is no estimate of run-to-run noise, so none of these differences is "
                        "significant and the run neither confirms nor refutes the claim; run the full bench (3 seeds) for that.")  # fmt: skip
     if counts["better"] == len(comps):
-        return head + "Every difference exceeds twice its standard error: the results agree with the claim."
+        return head + "Every 95% interval lies above zero: the results agree with the claim."
     if counts["worse"]:
-        return head + (f"{counts['worse']} comparison(s) are worse beyond twice the standard error: the results "
+        return head + (f"{counts['worse']} comparison(s) are worse (95% interval below zero): the results "
                        "disagree with the claim there.")  # fmt: skip
     if not counts["better"]:
-        return head + ("No difference exceeds twice its standard error: at this scale the results neither confirm "
-                       "nor refute the claim.")  # fmt: skip
-    return head + (f"{counts['better']} comparison(s) are better beyond twice the standard error and "
-                   f"{counts['within noise']} are within noise: the results support the claim only partly at this scale.")  # fmt: skip
+        return head + ("Every 95% interval contains zero: no difference detected at this scale; the interval widths "
+                       "say how large a difference could have gone unseen.")  # fmt: skip
+    return head + (f"{counts['better']} comparison(s) are better (95% interval above zero) and "
+                   f"{counts['no difference detected']} show no difference detected: the results support the claim only partly.")  # fmt: skip
 
 
 def _settings(base: dict) -> str:
@@ -143,6 +185,7 @@ def bench_section(out_dir: str | Path, assets: Path, doc_dir: Path) -> str:
     info = json.loads((out_dir / "bench.json").read_text(encoding="utf-8"))
     metrics, labels = info["metrics"], {m["name"]: m["label"] for m in info["methods"]}
     rows = collect(out_dir, info["cells"])
+    (out_dir / "comparisons.json").write_text(json.dumps(comparisons_json(info, rows), indent=2), encoding="utf-8")
     aggs = aggregate(rows, metrics)
     order = dict(methods=[m["name"] for m in info["methods"]], distributions=[d["name"] for d in info["distributions"]])
     target = assets / info["name"]

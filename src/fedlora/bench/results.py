@@ -83,16 +83,21 @@ def collect(out_dir: str | Path, cell_ids: Sequence[str] | None = None) -> list[
     from fedlora.engine.metrics_log import read_metrics
 
     root = Path(out_dir) / "cells"
-    names = list(cell_ids) if cell_ids is not None else sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    found = sorted(p.name.removesuffix(".json") for p in root.iterdir()) if root.is_dir() else []
+    names = list(cell_ids) if cell_ids is not None else list(dict.fromkeys(found))
     rows = []
     for name in names:
-        path = root / name / RESULT_FILE
-        if not path.is_file():
+        path, published = root / name / RESULT_FILE, root / f"{name}.json"
+        if path.is_file():
+            r, records = json.loads(path.read_text(encoding="utf-8")), read_metrics(root / name)
+        elif published.is_file():  # a published cell (fedlora.bench.runner.publish_cell): records inside
+            r = json.loads(published.read_text(encoding="utf-8"))
+            records = r.get("records", [])
+        else:
             continue
-        r = json.loads(path.read_text(encoding="utf-8"))
         rows.append(CellRow(r["cell"], r["method"], r["distribution"], int(r["seed"]), r["final"], int(r["bytes_up"]),
                             int(r["bytes_down"]), float(r["seconds"] or 0.0), int(r["clients"]), int(r["rounds"]),
-                            read_metrics(root / name)))  # fmt: skip
+                            records))  # fmt: skip
     return rows
 
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 from fedlora.bench.grid import Bench, Cell
 
 __all__ = ["RESULT_FILE", "BENCH_FILE", "CellOutcome", "GridReport", "cell_dir", "cell_state", "run_cell", "run_grid",
-           "git_commit", "record_bench", "LineProgress"]  # fmt: skip
+           "git_commit", "record_bench", "LineProgress", "publish_cell", "published_path", "refresh_published"]  # fmt: skip
 
 RESULT_FILE = "result.json"
 BENCH_FILE = "bench.json"
@@ -105,8 +105,9 @@ class LineProgress:
                         f"loss {record['loss']:.4f}, {record['seconds']:.1f} s")  # fmt: skip
 
     def eval_end(self, record: dict) -> None:
-        parts = [f"{k} {record[k]:.4f}" for k in ("rougeL", "rougeL_tf", "accuracy", "loss") if record.get(k) is not None]
-        self._print(f"eval {record['split']} round {record['round']}: " + ", ".join(parts))
+        from fedlora.eval.format import metric_line
+
+        self._print(f"eval {record['split']} round {record['round']}: {metric_line(record)}")
 
     def message(self, text: str) -> None:
         self._print(text)
@@ -152,11 +153,12 @@ def run_cell(cell: Cell, path: str | Path, *, metrics: Sequence[str] = (), model
         engine.setup()
         if cell.method.plan:
             install_plan_mode(engine, cell.method.plan)
-        result = engine.run(resume=resume, stop_after=stop_after)
+        no_train = cell.method.plan == "no-train"
+        result = engine.run(resume=resume, stop_after=0 if no_train else stop_after)
     finally:
         if getattr(engine, "trainer", None) is not None:
             engine.trainer.restore_base()  # FLoRA merges into the shared base weights
-    if result.completed_rounds < cell.config.run.rounds:
+    if result.completed_rounds < (0 if no_train else cell.config.run.rounds):
         return None
     s = result.summary
     out = {
@@ -199,15 +201,49 @@ def record_bench(bench: Bench, out_dir: str | Path, command: str | None = None, 
     _write_json(path, data)
 
 
+def published_path(publish_dir: str | Path, cell_id: str) -> Path:
+    return Path(publish_dir) / "cells" / f"{cell_id}.json"
+
+
+def publish_cell(path: str | Path, publish_dir: str | Path, cell_id: str) -> Path:
+    """Copy a finished cell's result and its round and evaluation records (no checkpoint, no per-client
+    lines) to ``publish_dir/cells/<cell>.json``: small, self-contained, meant to be committed."""
+    from fedlora.engine.metrics_log import read_metrics
+
+    result = json.loads((Path(path) / RESULT_FILE).read_text(encoding="utf-8"))
+    records = [r for r in read_metrics(path) if r.get("type") in ("round", "eval")]
+    target = published_path(publish_dir, cell_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(target, {**result, "records": records})
+    return target
+
+
+def refresh_published(bench: Bench, publish_dir: str | Path) -> Path:
+    """Rewrite ``publish_dir/bench.json`` and ``comparisons.json`` from the published cells."""
+    from fedlora.bench.doc import comparisons_json
+    from fedlora.bench.results import collect
+
+    publish_dir = Path(publish_dir)
+    record_bench(bench, publish_dir, invocation=False)
+    info = json.loads((publish_dir / BENCH_FILE).read_text(encoding="utf-8"))
+    rows = collect(publish_dir, [c.id for c in bench.cells])
+    path = publish_dir / "comparisons.json"
+    _write_json(path, comparisons_json(info, rows))
+    return path
+
+
 def run_grid(bench: Bench, out_dir: str | Path, *, resume: bool = False, only: Callable[[Cell], bool] | None = None,
              log: Callable[[str], None] | None = None, verbose: bool = True, command: str | None = None,
-             max_cells: int | None = None) -> GridReport:  # fmt: skip
+             max_cells: int | None = None, publish: str | Path | None = None) -> GridReport:  # fmt: skip
     """Run every cell of ``bench`` under ``out_dir``; with ``resume`` skip done cells and continue partial ones.
 
     Args:
         only: run only the cells it accepts. log: where status lines go (default stderr).
         verbose: per-round lines of each cell. command: recorded in ``bench.json`` (default ``sys.argv``).
         max_cells: stop after running this many cells (for tests and time-boxed sessions).
+        publish: a folder (e.g. ``docs/results/<bench>``) where each finished cell is published
+            (:func:`publish_cell`) with ``bench.json`` and ``comparisons.json`` refreshed; a cell
+            published there counts as done, so a grid continues in a fresh clone.
 
     Raises:
         FileExistsError: ``out_dir`` holds cells and ``resume`` is False.
@@ -219,11 +255,20 @@ def run_grid(bench: Bench, out_dir: str | Path, *, resume: bool = False, only: C
         raise FileExistsError(f"{out_dir} already holds {len(started)} started or finished cells of this bench; pass --resume "
                               "to continue without redoing finished cells, or choose another --out")  # fmt: skip
     record_bench(bench, out_dir, command)
+    if publish is not None:
+        record_bench(bench, publish, command)
     report, models, ran = GridReport(), _Models(), 0
     cells = [c for c in bench.cells if only is None or only(c)]
     for i, cell in enumerate(cells, 1):
         path = cell_dir(out_dir, cell)
         state = cell_state(path)
+        if publish is not None and published_path(publish, cell.id).is_file():
+            report.outcomes.append(CellOutcome(cell.id, "skipped"))
+            log(f"[{i}/{len(cells)}] {cell.id}: published already in {publish}, skipped")
+            continue
+        if state == "done" and publish is not None:
+            publish_cell(path, publish, cell.id)
+            refresh_published(bench, publish)
         if state == "done":
             report.outcomes.append(CellOutcome(cell.id, "skipped"))
             log(f"[{i}/{len(cells)}] {cell.id}: done already, skipped")
@@ -231,7 +276,10 @@ def run_grid(bench: Bench, out_dir: str | Path, *, resume: bool = False, only: C
         if max_cells is not None and ran >= max_cells:
             break
         log(f"[{i}/{len(cells)}] {cell.id}: {'resuming' if state == 'partial' else 'starting'}")
-        report.outcomes.append(_run_one(cell, path, bench, models, verbose, log))
+        outcome = _run_one(cell, path, bench, models, verbose, log)
+        report.outcomes.append(outcome)
+        if publish is not None and outcome.status == "done":
+            log(f"  published {publish_cell(path, publish, cell.id)}; comparisons in {refresh_published(bench, publish)}")
         ran += 1
     return report
 

@@ -16,7 +16,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -29,7 +29,7 @@ from fedlora.lora.factors import Adapter, LoraFactors, Update
 from fedlora.lora.linalg import init_lora_factors, rescale_alpha, truncate_rank
 from fedlora.strategies.base import Payload
 
-__all__ = ["TrainConfig", "LocalTrainer"]
+__all__ = ["TrainConfig", "LocalTrainer", "answer_loss"]
 
 _OPTIMIZERS = ("adamw", "sgd")
 
@@ -120,8 +120,11 @@ class LocalTrainer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def train(self, payload: Payload, examples: Sequence[Example], *, client_seed: int) -> Update:
+    def train(self, payload: Payload, examples: Sequence[Example], *, client_seed: int,
+              on_step: Callable[[float], None] | None = None) -> Update:
         """Train one client from ``payload`` on ``examples``; return its update (trainable modules only).
+
+        ``on_step(loss)`` is called after each step's forward pass (progress reporting).
 
         Deterministic: the same payload, data and seed give the same update (bitwise on CPU).
         Metrics: ``train_loss`` (mean objective over steps, incl. any HetLoRA penalty),
@@ -141,7 +144,7 @@ class LocalTrainer:
                                                   train_A=payload.train_A, train_B=payload.train_B) as layers:
             setup = time.perf_counter() - start
             hetlora = _hetlora_options(payload.options)
-            losses, penalties = self._loop(layers, trainable, data, hetlora, client_seed)
+            losses, penalties = self._loop(layers, trainable, data, hetlora, client_seed, on_step)
             trained = {m: LoraFactors(_weight(layers[m], "lora_A"), _weight(layers[m], "lora_B"), factors[m].alpha)
                        for m in sorted(trainable)}
         if hetlora and hetlora["prune"]:
@@ -222,7 +225,7 @@ class LocalTrainer:
             out[m] = f
         return out
 
-    def _loop(self, layers, trainable, data, hetlora, client_seed: int) -> tuple[list[float], list[float]]:
+    def _loop(self, layers, trainable, data, hetlora, client_seed: int, on_step=None) -> tuple[list[float], list[float]]:
         cfg, model = self.config, self.model
         params = [p for m in sorted(trainable) for p in layers[m].parameters() if p.requires_grad]
         optimizer = _make_optimizer(cfg, params)
@@ -232,7 +235,9 @@ class LocalTrainer:
         with _training_mode(model, cfg.grad_checkpointing), _seeded(client_seed, device):
             for idx in batches:
                 batch = {k: v.to(device) for k, v in collate([data[i] for i in idx], pad_id).items()}
-                loss = model(**batch, use_cache=False).loss
+                loss = answer_loss(model, batch)
+                if on_step is not None:
+                    on_step(float(loss.detach()))
                 if hetlora and hetlora["lambda"] > 0:
                     penalty = sum(_tail_penalty(layers[m], hetlora["gamma"]) for m in sorted(trainable))
                     penalties.append(float(penalty.detach()))
@@ -244,6 +249,26 @@ class LocalTrainer:
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
         return losses, penalties
+
+
+def answer_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens (``labels != IGNORE_INDEX``), the LM head
+    applied only at the positions that predict them.
+
+    Equal to ``model(**batch).loss`` (transformers' shifted, token-averaged loss) but the
+    ``[vocab x hidden]`` head runs on the answer positions only, not on every prompt position: for
+    SmolLM2 (49,152 x 576 head) that is about a fifth of the model's FLOPs per skipped token. Models
+    without ``get_decoder``/``get_output_embeddings`` fall back to ``model(**batch).loss``.
+    """
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if decoder is None or head is None or getattr(model.config, "final_logit_softcapping", None):
+        return model(**batch, use_cache=False).loss
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = head(hidden[:, :-1][keep]).float()
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
 
 
 def _has_module(model: torch.nn.Module, path: str) -> bool:

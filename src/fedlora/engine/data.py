@@ -1,6 +1,7 @@
 """The federation's data from ``[data]``: per-client training examples, eval split, held-out tasks.
 
-Sources: the bundled offline benchmark (``fedlora.data.load_bundled_benchmark``), JSONL files or a
+Sources: the bundled offline benchmark (``fedlora.data.load_bundled_benchmark``), FlexLoRA's per-client
+folder (``fedlora.data.client_folder``: clients are the folder's, no partitioning), JSONL files or a
 Hugging Face dataset (hub id, data file or saved folder). For JSONL/HF the split is fedlora's: the
 ``heldout_tasks`` are moved out of training, ``max_eval_per_task`` examples per task go to the
 eval split unless ``eval_path`` is given, and ``max_train_per_task`` caps the rest; every shuffle
@@ -95,6 +96,13 @@ def _user_split(d: DataSection, seed: int) -> tuple[list[Example], list[Example]
 def build_data(cfg: Config) -> FederatedData:
     """Load, split and partition the data of a run (deterministic for ``run.seed``)."""
     d, seed = cfg.data, cfg.run.seed
+    if d.source == "client_folder":
+        from fedlora.data.client_folder import load_client_folder
+
+        folder = load_client_folder(d.train_path, num_clients=d.num_clients, heldout_clients=d.heldout_clients,
+                                    max_train_per_client=d.max_train_per_task, max_eval_per_client=d.max_eval_per_task,
+                                    eval_file=d.client_eval_file, seed=seed)  # fmt: skip
+        return FederatedData(folder.clients, folder.eval, folder.heldout, folder.train_tasks, folder.heldout_tasks)
     if d.source == "bundled":
         bench = load_bundled_benchmark(
             max_train_per_task=d.max_train_per_task or None, max_eval_per_task=d.max_eval_per_task,

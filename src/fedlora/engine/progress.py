@@ -97,8 +97,9 @@ class RichProgress(Progress):
         if self.eval_task is not None:
             self.bars.remove_task(self.eval_task)
             self.eval_task = None
-        parts = [f"{k} {record[k]:.4f}" for k in ("rougeL", "rougeL_tf", "accuracy", "loss") if record.get(k) is not None]
-        self.console.print(f"  eval {record['split']:<7} round {record['round']}: " + "  ".join(parts) + f"  ({record['seconds']:.1f} s)")
+        from fedlora.eval.format import metric_line
+
+        self.console.print(f"  eval {record['split']:<7} round {record['round']}: {metric_line(record)}  ({record['seconds']:.1f} s)")
 
     def round_end(self, record: dict) -> None:
         loss = record.get("train_loss")

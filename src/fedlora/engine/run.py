@@ -27,7 +27,8 @@ from fedlora.engine.plans import Planner
 from fedlora.engine.progress import Progress
 from fedlora.engine.sampling import client_seed, clients_per_round, sample_clients
 
-__all__ = ["RunError", "RunResult", "Engine", "run_dir_for", "adapter_bytes", "payload_bytes", "update_bytes"]
+__all__ = ["RunError", "RunResult", "Engine", "run_dir_for", "adapter_bytes", "payload_bytes", "update_bytes",
+           "evaluation_adapters", "mean_over_models"]
 
 CONFIG_FILE = "config.toml"
 SUMMARY_FILE = "summary.json"
@@ -99,6 +100,36 @@ def _per_task(examples: list, limit: int) -> list:
         if counts[ex.task] <= limit:
             kept.append(ex)
     return kept
+
+
+def evaluation_adapters(strategy: Any) -> dict[str, Any]:
+    """The adapters a run is evaluated with: ``strategy.evaluation_adapters()`` when the method has no
+    single global model (local-only: one per client), else ``{"global": strategy.global_adapter()}``;
+    ``{"base": {}}`` (the bare base model) before any client has trained."""
+    per_client = getattr(strategy, "evaluation_adapters", None)
+    adapters = per_client() if per_client is not None else {"global": strategy.global_adapter()}
+    return adapters or {"base": {}}
+
+
+def mean_over_models(results: list[dict[str, float]]) -> dict[str, float]:
+    """One model's metrics as they are; for several, each metric's mean over the models, its ``_se``
+    the standard error of that mean across models, and ``n_models``."""
+    if len(results) == 1:
+        return results[0]
+    from fedlora.eval.stats import mean_se
+
+    out: dict[str, float] = {"n_models": len(results)}
+    for key in results[0]:
+        if key.endswith("_se"):
+            continue
+        values = [r[key] for r in results if r.get(key) is not None]
+        if key.endswith(("n_examples", "n_cls", "n_gen", "majority", "chance")):
+            out[key] = values[0]
+        elif values:
+            out[key], se = mean_se(values)
+            if f"{key}_se" in results[0]:
+                out[f"{key}_se"] = se
+    return out
 
 
 def _due(server_round: int, every: int, last: int) -> bool:
@@ -187,7 +218,8 @@ class Engine:
     # ------------------------------------------------------------------ the run
 
     def run(self, *, resume: bool = False, stop_after: int | None = None) -> RunResult:
-        """Run (or resume) every round; ``stop_after=k`` stops after round ``k`` as if killed there."""
+        """Run (or resume) every round; ``stop_after=k`` stops after round ``k`` as if killed there
+        (``stop_after=0``: evaluate the untrained base model only)."""
         ckpt = self._prepare(resume)
         self.setup()
         first = self._restore(ckpt)
@@ -200,9 +232,9 @@ class Engine:
         self.progress.start(rounds * steps, (first - 1) * steps, rounds)
         last = first - 1
         try:
-            if first == 1:
+            if first == 1 and (self.cfg.eval.at_start or stop_after == 0):
                 self._evaluate(0)
-            for server_round in range(first, rounds + 1):
+            for server_round in range(first, rounds + 1 if stop_after != 0 else first):
                 self._round(server_round)
                 if _due(server_round, self.cfg.run.eval_every, rounds):
                     self._evaluate(server_round)
@@ -243,27 +275,20 @@ class Engine:
                   "bytes_down": payload_bytes(payload), "bytes_up": 0}  # fmt: skip
         self.progress.client_start(server_round, cid, record["rank"], self.cfg.train.local_steps)
         started = time.perf_counter()
-        hook = self.model.register_forward_hook(self._on_forward)
         try:
-            update = self.trainer.train(payload, examples, client_seed=client_seed(self.cfg.run.seed, server_round, cid))
+            update = self.trainer.train(payload, examples, client_seed=client_seed(self.cfg.run.seed, server_round, cid),
+                                        on_step=self.progress.step)  # fmt: skip
         except Exception as err:  # a failing client is reported and skipped; the round goes on
             record.update(status="failed", error=_error_summary(err), seconds=time.perf_counter() - started)
             with (self.run_dir / ERRORS_FILE).open("a", encoding="utf-8") as f:
                 f.write(f"round {server_round} client {cid}:\n{traceback.format_exc()}\n")
             self.progress.client_end(record | {"planned_steps": self.cfg.train.local_steps})
             return record, None
-        finally:
-            hook.remove()
         m = update.metrics
         record.update(status="ok", loss=m["train_loss"], loss_first=m["train_loss_first"], loss_last=m["train_loss_last"],
                       steps=int(m["steps"]), seconds=m["seconds"], bytes_up=update_bytes(update, payload))  # fmt: skip
         self.progress.client_end(record | {"planned_steps": self.cfg.train.local_steps})
         return record, update
-
-    def _on_forward(self, module: Any, args: Any, output: Any) -> None:
-        loss = getattr(output, "loss", None)
-        if loss is not None:
-            self.progress.step(float(loss.detach()))
 
     def _log_round(self, server_round: int, records: list[dict], result: Any, seconds: float) -> None:
         ok = [r for r in records if r["status"] == "ok"]
@@ -287,13 +312,18 @@ class Engine:
         if not splits:
             return
         kwargs = build.eval_kwargs(self.cfg)
-        with self.trainer.use_adapter(self.strategy.global_adapter() or None) as model:
-            for split, examples in splits:
-                self.progress.eval_start(server_round, split, len(examples) * (2 if kwargs["generate"] else 1))
-                started = time.perf_counter()
-                metrics = evaluate(model, self.tokenizer, examples, progress=self.progress.eval_advance, **kwargs)
-                record = {"type": "eval", "round": server_round, "split": split, "seconds": time.perf_counter() - started, **metrics}
-                self.progress.eval_end(self.log.append(record))
+        adapters = evaluation_adapters(self.strategy)
+        for split, examples in splits:
+            self.progress.eval_start(server_round, split, len(examples) * len(adapters))
+            started, per_model, done = time.perf_counter(), [], 0
+            for adapter in adapters.values():
+                with self.trainer.use_adapter(adapter or None) as model:
+                    tick = (lambda d, t, base=done: self.progress.eval_advance(base + d, len(examples) * len(adapters)))
+                    per_model.append(evaluate(model, self.tokenizer, examples, progress=tick, **kwargs))
+                done += len(examples)
+            metrics = mean_over_models(per_model)
+            record = {"type": "eval", "round": server_round, "split": split, "seconds": time.perf_counter() - started, **metrics}
+            self.progress.eval_end(self.log.append(record))
 
     def _checkpoint(self, server_round: int) -> None:
         save_checkpoint(self.run_dir, {

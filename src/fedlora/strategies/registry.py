@@ -14,7 +14,7 @@ from fedlora.strategies.base import Strategy
 
 __all__ = ["STRATEGY_NAMES", "strategy_class", "make_strategy"]
 
-STRATEGY_NAMES: tuple[str, ...] = ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot")
+STRATEGY_NAMES: tuple[str, ...] = ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "local")
 """Every registered federated LoRA method, in the order reports list them."""
 
 _LOCATIONS: dict[str, tuple[str, str]] = {
@@ -24,6 +24,7 @@ _LOCATIONS: dict[str, tuple[str, str]] = {
     "flora": ("fedlora.strategies.flora", "FLoRA"),
     "ffa": ("fedlora.strategies.ffa", "FFALoRA"),
     "fedpilot": ("fedlora.strategies.fedpilot", "FedPilot"),
+    "local": ("fedlora.strategies.local", "LocalOnly"),
 }
 
 
