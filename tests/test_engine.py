@@ -71,6 +71,7 @@ STRATEGIES = {
     "flora": {},
     "ffa": {},
     "fedpilot": {"clients": {"budgets": ["1.5MiB", "2MiB", "3MiB", "4MiB"], "fedpilot_rank": 4}},
+    "local": {},
 }
 
 
@@ -84,7 +85,7 @@ def test_each_strategy_runs_three_rounds_and_the_loss_goes_down(name, data_file,
     evals = [r for r in result.records if r["type"] == "eval" and r["split"] == "eval"]
     assert [r["round"] for r in evals] == [0, 1, 2, 3]
     assert evals[-1]["loss"] < evals[0]["loss"]
-    assert result.strategy.global_adapter()
+    assert result.strategy.global_adapter() or result.strategy.evaluation_adapters()
     assert all(r["status"] == "ok" for r in result.records if r["type"] == "client")
 
 
@@ -184,3 +185,29 @@ def test_ffa_uploads_only_b(data_file, tmp_path):
     result = engine.run()
     b_only = sum(2 * m.d_out * 4 for m in engine.spec.modules)  # rank 2 (the minimum), B is [d_out, r], fp32
     assert {r["bytes_up"] for r in result.records if r["type"] == "client"} == {b_only}
+
+
+def test_local_only_is_evaluated_as_the_mean_over_the_clients_own_models(data_file, tmp_path):
+    from fedlora.eval import evaluate
+
+    engine = Engine(tiny_config(data_file, run={"rounds": 2}, strategy={"name": "local"}), tmp_path)
+    result = engine.run()
+    adapters = result.strategy.evaluation_adapters()
+    assert sorted(adapters) == list(engine.data.client_ids) and not result.strategy.global_adapter()
+    (last,) = [r for r in result.records if r["type"] == "eval" and r["split"] == "eval" and r["round"] == 2]
+    by_hand = []
+    for adapter in adapters.values():
+        with engine.trainer.use_adapter(adapter) as model:
+            by_hand.append(evaluate(model, engine.tokenizer, engine.data.eval, generate=False, max_length=48, batch_size=8))
+    assert last["n_models"] == 4
+    for key in ("loss", "rougeL_tf"):
+        assert last[key] == pytest.approx(sum(r[key] for r in by_hand) / 4, rel=1e-6)
+    assert last["n_examples"] == by_hand[0]["n_examples"] and "loss_se" in last
+
+
+def test_eval_at_start_false_skips_round_zero(data_file, tmp_path):
+    result = Engine(tiny_config(data_file, run={"rounds": 1}, eval={"at_start": False}), tmp_path).run()
+    assert [r["round"] for r in result.records if r["type"] == "eval"] == [1, 1]
+    base = Engine(tiny_config(data_file, run={"rounds": 1}), tmp_path / "base").run(stop_after=0)
+    assert base.completed_rounds == 0 and [r["round"] for r in base.records if r["type"] == "eval"] == [0, 0]
+    assert not [r for r in base.records if r["type"] == "round"]

@@ -256,3 +256,33 @@ def test_nested_install_is_refused():
         with pytest.raises(RuntimeError, match="already installed"):
             trainer.train(Payload(_plan()), DATA, client_seed=0)
     assert not any(isinstance(m, LoraLayer) for m in trainer.model.modules())
+
+
+def test_answer_only_head_loss_equals_the_full_model_loss_and_its_gradients():
+    from fedlora.client.trainer import answer_loss
+    from fedlora.data.formatting import collate, encode_example
+
+    model, tok = tiny_llama()
+    examples = [Example("Say it.", "x" * (3 + 5 * i), f"answer {i} words", "t") for i in range(3)]
+    batch = collate([encode_example(tok, ex, 64) for ex in examples], tok.pad_token_id)
+    head = model.get_output_embeddings().weight
+    head.requires_grad_(True)
+    full = model(**batch, use_cache=False).loss
+    (g_full,) = torch.autograd.grad(full, head)
+    ours = answer_loss(model, batch)
+    (g_ours,) = torch.autograd.grad(ours, head)
+    torch.testing.assert_close(ours, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_ours, g_full, rtol=1e-4, atol=1e-7)
+
+
+def test_on_step_reports_every_step_loss():
+    model, tok = tiny_llama()
+    trainer = LocalTrainer(model, tok, TrainConfig(local_steps=3, batch_size=2, lr=1e-3))
+    plan = ClientPlan.uniform("c", [n for n, _ in _linear_names(model)][:2], 2, 4.0)
+    seen: list[float] = []
+    update = trainer.train(Payload(plan), [Example("q", "a", "b", "t")] * 4, client_seed=0, on_step=seen.append)
+    assert len(seen) == 3 and seen[0] == pytest.approx(update.metrics["train_loss_first"])
+
+
+def _linear_names(model):
+    return [(n, m) for n, m in model.named_modules() if n.endswith(("q_proj", "v_proj"))]

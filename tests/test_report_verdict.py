@@ -1,0 +1,28 @@
+"""fedlora.report: before/after changes with their standard errors and a verdict per split."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedlora.report import change_verdict, run_summary, verdict_lines
+
+
+def _eval(split, rnd, **metrics):
+    return {"type": "eval", "split": split, "round": rnd, **metrics}
+
+
+def test_change_verdict_uses_both_standard_errors():
+    before, after = {"accuracy": 0.50, "accuracy_se": 0.03}, {"accuracy": 0.62, "accuracy_se": 0.04}
+    up, se, verdict = change_verdict(before, after, "accuracy")
+    assert up == pytest.approx(0.12) and se == pytest.approx(0.05) and verdict == "better"  # 0.12 > 1.96 x 0.05
+    assert change_verdict(before, {"accuracy": 0.55, "accuracy_se": 0.04}, "accuracy")[2] == "no change detected"
+    assert change_verdict({"loss": 3.0, "loss_se": 0.01}, {"loss": 2.0, "loss_se": 0.01}, "loss")[2] == "better"
+    assert change_verdict({"accuracy": 0.5}, after, "accuracy") is None  # no standard error, no verdict
+
+
+def test_verdict_line_sets_accuracy_beside_the_majority_rate():
+    records = [_eval("heldout", 0, accuracy=0.5, accuracy_se=0.02, majority=0.55, rougeL=0.1, rougeL_se=0.01),
+               _eval("heldout", 3, accuracy=0.7, accuracy_se=0.02, majority=0.55, rougeL=0.1, rougeL_se=0.01)]
+    (line,) = verdict_lines(run_summary(records))
+    assert line.startswith("heldout: likelihood accuracy 0.500 ± 0.020 → 0.700 ± 0.020 (majority rate 0.550; after − majority +0.150)")
+    assert ": better" in line and "Rouge-L 0.100 ± 0.010 → 0.100 ± 0.010: no change detected" in line
