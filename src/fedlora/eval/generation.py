@@ -102,6 +102,18 @@ def _accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
+def cache_kwarg(fn) -> str:
+    """The keyword that passes a KV cache to ``fn`` (transformers >= 5.2 renamed ``past_key_values`` to ``cache``)."""
+    params = inspect.signature(fn).parameters
+    return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache of a model output, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 def _prompt_and_answer(tokenizer, ex: Example, max_length: int) -> tuple[list[int], list[int]]:
     """Generation prompt (``encode_prompt``) and reference answer ids (the labelled part of ``encode_example``)."""
     answer = [t for t in encode_example(tokenizer, ex, max_length)["labels"] if t != IGNORE_INDEX]
@@ -141,7 +153,12 @@ def _score(model, tokenizer, ids, mask, targets, P, *, use_cache: bool):
         valid = targets[row] != IGNORE_INDEX
         text = tokenizer.decode(pred[row][valid].tolist(), skip_special_tokens=True).strip()
         results.append(TeacherForced(float(nll[row][valid].sum()), int(valid.sum()), text))
-    return results, (out.past_key_values if use_cache else None)
+    return results, (output_cache(out) if use_cache else None)
+
+
+def _generate_cache_kwarg(model) -> str:
+    """``generate`` forwards unknown keywords to ``forward``, so the cache goes under ``forward``'s name."""
+    return cache_kwarg(model.forward)
 
 
 def _generate_from_cache(model, tokenizer, ids, mask, P, cache, config) -> list[str]:
@@ -150,7 +167,7 @@ def _generate_from_cache(model, tokenizer, ids, mask, P, cache, config) -> list[
     cache.crop(-(cache.get_seq_length() - (P - 1)))
     device = _device(model)
     out = model.generate(input_ids=ids[:, :P].to(device), attention_mask=mask[:, :P].to(device),
-                         past_key_values=cache, generation_config=config)
+                         generation_config=config, **{_generate_cache_kwarg(model): cache})
     return [tokenizer.decode(_cut_at_stop(out[row, P:].tolist(), stops), skip_special_tokens=True).strip()
             for row in range(ids.shape[0])]
 
