@@ -363,14 +363,19 @@ strategy.name = "flexlora"
 strategy.name = "fedit"
 clients.allocation = "uniform"
 plan = "no-train"
+distributions = ["uniform"]
 [methods.centralized]
 strategy.name = "fedit"
 clients.allocation = "uniform"
 plan = "centralized"
+distributions = ["uniform"]
 [methods.local]
 strategy.name = "local"
+distributions = ["uniform"]
 [distributions.uniform]
 clients.rank_distribution = "uniform"
+[distributions.light]
+clients.rank_distribution = "heavy-tail-light"
 """
 
 
@@ -379,20 +384,21 @@ def test_reference_baselines_and_published_cells(tmp_path):
 
     bench = load_bench(_write(tmp_path, BASELINES_BENCH))
     out, publish = tmp_path / "out", tmp_path / "docs" / "results" / "tiny_baselines"
+    assert len(bench.cells) == 10  # the references run under "uniform" only
     report = run_grid(bench, out, verbose=False, log=lambda s: None, publish=publish)
-    assert [o.status for o in report.outcomes] == ["done"] * 8
-    rows = {(r.method, r.seed): r for r in collect(publish, [c.id for c in bench.cells])}
+    assert [o.status for o in report.outcomes] == ["done"] * 10
+    rows = {(r.method, r.seed): r for r in collect(publish, [c.id for c in bench.cells]) if r.distribution == "uniform"}
     assert len(rows) == 8 and all((publish / "cells" / f"{c.id}.json").is_file() for c in bench.cells)
     # no-train: the base model at round 0 only, no training
     nt = rows[("no-train", 0)]
     assert nt.rounds == 0 and not [r for r in nt.records if r["type"] == "round"]
     assert {r["round"] for r in nt.records if r["type"] == "eval"} == {0}
     # centralized: one pooled client per round with every client's steps; local: one model per client
-    records = [json.loads(x) for x in (cell_dir(out, bench.cells[4]) / "metrics.jsonl").read_text().splitlines()]
-    assert bench.cells[4].method.name == "centralized"
+    central = next(c for c in bench.cells if c.method.name == "centralized")
+    records = [json.loads(x) for x in (cell_dir(out, central) / "metrics.jsonl").read_text().splitlines()]
     clients = [r for r in records if r["type"] == "client"]
     assert {c["client"] for c in clients} == {"pooled"} and all(c["steps"] == 3 for c in clients)  # 3 clients x 1 step
-    assert all(c["num_examples"] == 8 and c["rank"] == max(client_ranks(bench.cells[4].config)) for c in clients)  # 2 tasks x 4
+    assert all(c["num_examples"] == 8 and c["rank"] == max(client_ranks(central.config)) for c in clients)  # 2 tasks x 4
     local_eval = [r for r in rows[("local", 1)].records if r["type"] == "eval"][-1]
     assert local_eval["n_models"] == 3
     # comparisons.json: every comparison with its interval and verdict
@@ -400,8 +406,9 @@ def test_reference_baselines_and_published_cells(tmp_path):
     keys = {"claim", "method", "baseline", "distribution", "metric", "seeds", "n_eval", "diff", "ci_low", "ci_high", "verdict"}
     assert comps and all(keys <= set(c) for c in comps)
     assert {c["baseline"] for c in comps} == {"no-train", "local", "centralized"} and all(c["seeds"] == 2 for c in comps)
+    assert {(c["distribution"], c["baseline"]) for c in comps} == {(d, b) for d in ("uniform", "light") for b in ("no-train", "local", "centralized")}
     acc = [c for c in comps if c["metric"] == "eval/accuracy"]
     assert acc and all(c["n_eval"] == 4 and c["ci_low"] <= c["diff"] <= c["ci_high"] for c in acc)
     # a fresh output folder continues from what was published: nothing runs again
     again = run_grid(bench, tmp_path / "fresh", verbose=False, log=lambda s: None, publish=publish)
-    assert [o.status for o in again.outcomes] == ["skipped"] * 8
+    assert [o.status for o in again.outcomes] == ["skipped"] * 10

@@ -70,10 +70,19 @@ def compare(rows: Sequence[CellRow], method: str, baselines: Sequence[str], metr
 
     sign = -1.0 if lower_is_better(metric) else 1.0
     by_key = {(r.method, r.distribution, r.seed): r for r in rows}
+    dists_of: dict[str, set[str]] = {}
+    for r in rows:
+        dists_of.setdefault(r.method, set()).add(r.distribution)
+
+    def baseline_row(base: str, dist: str, seed: int) -> CellRow | None:
+        """The baseline's cell of this distribution, or of its only one (a reference such as no-train)."""
+        only = dists_of.get(base, set())
+        return by_key.get((base, dist, seed)) or (by_key.get((base, next(iter(only)), seed)) if len(only) == 1 else None)
+
     out = []
-    for dist in dict.fromkeys(r.distribution for r in rows):
+    for dist in dict.fromkeys(r.distribution for r in rows if r.method == method):
         for base in baselines:
-            pairs = [(r, by_key.get((base, dist, r.seed))) for r in rows if r.method == method and r.distribution == dist]
+            pairs = [(r, baseline_row(base, dist, r.seed)) for r in rows if r.method == method and r.distribution == dist]
             pairs = [(a, b) for a, b in pairs if b is not None and a.final.get(metric) is not None and b.final.get(metric) is not None]
             if not pairs:
                 continue

@@ -59,7 +59,7 @@ __all__ = ["BenchError", "Variant", "Claim", "Cell", "Bench", "load_bench", "par
 METRIC_SPLITS = ("eval", "heldout", "train")
 _BENCH_KEYS = ("name", "description", "seeds", "metrics", "primary_metric", "base", "extends", "quick", "methods",
                "distributions", "claim")  # fmt: skip
-_VARIANT_KEYS = ("label", "description", "plan")
+_VARIANT_KEYS = ("label", "description", "plan", "distributions")
 _TOP_KEYS = ("bench", "base", "methods", "distributions")
 
 
@@ -82,6 +82,7 @@ class Variant:
     overrides: dict = field(default_factory=dict)
     plan: str | None = None
     description: str = ""
+    distributions: tuple[str, ...] | None = None  # methods: run only under these (a reference that does not depend on them)
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,17 @@ def _variants(raw: Any, kind: str, errors: list[str]) -> list[Variant]:
         if plan is not None and (kind != "methods" or plan not in PLAN_MODES):
             where = "a method" if kind != "methods" else f"one of {', '.join(PLAN_MODES)}"
             errors.append(f"{kind}.{name}.plan = {plan!r}: must be {where}{_suggest(str(plan), PLAN_MODES)}")
-        out.append(Variant(str(name), str(table.get("label", name)), overrides, plan, str(table.get("description", ""))))
+        only = table.get("distributions")
+        if only is not None and (kind != "methods" or not isinstance(only, list) or not only):
+            errors.append(f"{kind}.{name}.distributions = {only!r}: a method's non-empty list of distribution names")
+            only = None
+        out.append(Variant(str(name), str(table.get("label", name)), overrides, plan, str(table.get("description", "")),
+                           None if only is None else tuple(map(str, only))))  # fmt: skip
     return out
+
+
+def _runs_under(method: Variant, dist: Variant) -> bool:
+    return method.distributions is None or dist.name in method.distributions
 
 
 def _select(variants: list[Variant], wanted: Any, kind: str, errors: list[str]) -> list[Variant]:
@@ -291,10 +301,15 @@ def parse_bench(raw: Mapping[str, Any], *, path: Path | None = None, overrides: 
     claim = _claim(b.get("claim"), methods, errors)
     base = dict(raw.get("base", {}))
     problems: dict[str, list[str]] = {}
-    cells = [_cell(m, d, s, base, overrides, problems) for d in dists for m in methods for s in seeds[:1]]
+    names = {d.name for d in dists}
+    for m in methods:
+        unknown = sorted(set(m.distributions or ()) - names)
+        if unknown:
+            errors.append(f"methods.{m.name}.distributions: {unknown} are not distributions of this bench ({', '.join(sorted(names))})")
+    cells = [_cell(m, d, s, base, overrides, problems) for d in dists for m in methods if _runs_under(m, d) for s in seeds[:1]]
     errors.extend(_cell_errors(problems, len(cells)))
     if not errors:
-        cells = [_cell(m, d, s, base, overrides, problems) for d in dists for m in methods for s in seeds]
+        cells = [_cell(m, d, s, base, overrides, problems) for d in dists for m in methods if _runs_under(m, d) for s in seeds]
     if errors:
         raise BenchError(errors, str(path) if path else "bench file")
     quick = (path.parent / str(b["quick"])) if b.get("quick") and path else (path.with_name(f"{path.stem}_quick.toml") if path else None)
