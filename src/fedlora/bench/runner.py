@@ -259,6 +259,7 @@ def run_grid(bench: Bench, out_dir: str | Path, *, resume: bool = False, only: C
         record_bench(bench, publish, command)
     report, models, ran = GridReport(), _Models(), 0
     cells = [c for c in bench.cells if only is None or only(c)]
+    cells.sort(key=lambda c: bench.seeds.index(c.seed))  # seed by seed: paired comparisons exist early in a long grid
     for i, cell in enumerate(cells, 1):
         path = cell_dir(out_dir, cell)
         state = cell_state(path)
