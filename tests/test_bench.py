@@ -134,8 +134,9 @@ def test_quick_variant_extends_its_parent(tmp_path):
     assert {c.config.run.rounds for c in quick.cells} == {1} and quick.cells[0].config.model.name == "tiny"
 
 
-@pytest.mark.parametrize("name,cells", [("bucket_effect", 6 * 4 * 3), ("bucket_effect_quick", 4 * 2), ("memory_constrained", 4 * 2 * 3),
-                                        ("memory_constrained_quick", 4)])  # fmt: skip
+@pytest.mark.parametrize("name,cells", [("bucket_effect", (5 * 2 + 3) * 5), ("bucket_effect_quick", 4 * 2),
+                                        ("memory_constrained", (4 * 2 + 1) * 5), ("memory_constrained_quick", 4 * 2),
+                                        ("bucket_effect_ni", (5 * 2 + 2) * 5), ("task_learnability", 2)])  # fmt: skip
 def test_bundled_bench_files_are_valid(name, cells):
     bench = load_bench(REPO / "benchmarks" / f"{name}.toml")
     assert len(bench.cells) == cells

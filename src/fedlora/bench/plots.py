@@ -1,12 +1,12 @@
 """Bench plots (matplotlib, Agg backend, small PNGs):
 
 * ``metric_per_round.png``: the primary metric per round, one panel per resource distribution, one
-  line per method (mean over seeds, band = ± std);
+  line per method (mean over seeds, band = 95% Student-t interval of the mean);
 * ``final_metric.png``: the final primary metric per method and distribution (dots, so that small
-  differences stay visible), error bars = std over seeds;
+  differences stay visible), error bars = 95% interval of the mean over seeds;
 * ``communication.png``: bytes up and down per round per method (mean over the method's cells), from
   the engine's metrics log;
-* ``wall_time.png``: wall time per method and distribution, error bars = std over seeds.
+* ``wall_time.png``: wall time per method and distribution, error bars = 95% interval over seeds.
 """
 
 from __future__ import annotations
@@ -40,15 +40,32 @@ def _colors(methods: Sequence[str]) -> dict[str, Any]:
     return {m: cmap(i % 10) for i, m in enumerate(methods)}
 
 
+def ci_half_width(std: float | None, n: int) -> float:
+    """Half-width of the 95% Student-t interval of a mean of ``n`` values with sample std ``std`` (0 for n < 2)."""
+    if n < 2 or std is None:
+        return 0.0
+    from fedlora.eval.stats import t_quantile
+
+    return t_quantile(0.975, n - 1) * std / math.sqrt(n)
+
+
 def _mean_std_by_round(series: Sequence[Sequence[tuple[int, float]]]) -> tuple[list[int], list[float], list[float]]:
+    """Per round: the mean over the series and the half-width of its 95% interval."""
     by_round: dict[int, list[float]] = {}
     for s in series:
         for rnd, v in s:
             by_round.setdefault(rnd, []).append(v)
     rounds = sorted(by_round)
     means = [statistics.fmean(by_round[r]) for r in rounds]
-    stds = [statistics.stdev(by_round[r]) if len(by_round[r]) > 1 else 0.0 for r in rounds]
-    return rounds, means, stds
+    half = [ci_half_width(statistics.stdev(by_round[r]), len(by_round[r])) if len(by_round[r]) > 1 else 0.0 for r in rounds]
+    return rounds, means, half
+
+
+def _rows_of(rows: Sequence[CellRow], method: str, dist: str) -> list[CellRow]:
+    """The method's cells under ``dist``, or under its only distribution (a reference such as no-train)."""
+    own = [r for r in rows if r.method == method]
+    dists = {r.distribution for r in own}
+    return [r for r in own if r.distribution == dist or len(dists) == 1]
 
 
 def _order(rows: Sequence[CellRow], attr: str, given: Sequence[str] | None) -> list[str]:
@@ -64,7 +81,7 @@ def plot_metric_per_round(rows, metric, methods, dists, labels, path: Path) -> P
     colors = _colors(methods)
     for ax, dist in zip(axes.flat, dists):
         for m in methods:
-            series = [metric_series(r.records, metric) for r in rows if r.method == m and r.distribution == dist]
+            series = [metric_series(r.records, metric) for r in _rows_of(rows, m, dist)]
             if not any(series):
                 continue
             xs, mean, std = _mean_std_by_round(series)
@@ -77,7 +94,7 @@ def plot_metric_per_round(rows, metric, methods, dists, labels, path: Path) -> P
         ax.axis("off")
     axes[0][0].set_ylabel(metric)
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.suptitle(f"{metric} per round (mean ± std over seeds)", fontsize=10)
+    fig.suptitle(f"{metric} per round (mean over seeds, band: 95% interval; round 0: the untrained model)", fontsize=10)
     fig.tight_layout()
     fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     return _save(fig, path)
@@ -91,7 +108,7 @@ def _integer_x(ax: Any) -> None:
 
 def _grouped_bars(aggs: Sequence[Aggregate], key: str, methods, dists, labels, ylabel: str, title: str, path: Path,
                   *, points: bool = False) -> Path:  # fmt: skip
-    """Per distribution, one bar (or, with ``points``, one dot: small differences stay visible) per method, ± std."""
+    """Per distribution, one bar (or, with ``points``, one dot: small differences stay visible) per method, with its 95% interval."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(dists) * max(1, len(methods)) * 0.45 + 2.5), 3.6))
     colors, width = _colors(methods), 0.8 / max(1, len(methods))
@@ -103,7 +120,7 @@ def _grouped_bars(aggs: Sequence[Aggregate], key: str, methods, dists, labels, y
             if a is not None and a.mean.get(key) is not None:
                 xs.append(j - 0.4 + width * (i + 0.5))
                 ys.append(a.mean[key])
-                es.append(a.std[key] or 0.0)
+                es.append(ci_half_width(a.std[key], a.n))
         if points:
             ax.errorbar(xs, ys, yerr=es, fmt="o", ms=5, capsize=3, color=colors[m], label=labels.get(m, m))
         else:
@@ -156,8 +173,8 @@ def plot_bench(rows: Sequence[CellRow], aggs: Sequence[Aggregate], metric: str, 
     methods, dists = _order(rows, "method", methods), _order(rows, "distribution", distributions)
     return [
         plot_metric_per_round(rows, metric, methods, dists, labels, out / PLOT_FILES[0]),
-        _grouped_bars(aggs, metric, methods, dists, labels, metric, f"final {metric} (error bars: std over seeds)", out / PLOT_FILES[1],
+        _grouped_bars(aggs, metric, methods, dists, labels, metric, f"final {metric} (error bars: 95% interval over seeds)", out / PLOT_FILES[1],
                       points=True),
         plot_communication(rows, methods, labels, out / PLOT_FILES[2]),
-        _grouped_bars(aggs, "seconds", methods, dists, labels, "seconds", "wall time per cell (error bars: std over seeds)", out / PLOT_FILES[3]),
+        _grouped_bars(aggs, "seconds", methods, dists, labels, "seconds", "wall time per cell (error bars: 95% interval over seeds)", out / PLOT_FILES[3]),
     ]  # fmt: skip
