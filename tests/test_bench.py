@@ -140,7 +140,8 @@ def test_quick_variant_extends_its_parent(tmp_path):
 def test_bundled_bench_files_are_valid(name, cells):
     bench = load_bench(REPO / "benchmarks" / f"{name}.toml")
     assert len(bench.cells) == cells
-    assert bench.claim is not None and bench.claim.method in {m.name for m in bench.methods}
+    if name != "task_learnability":  # a table of tasks, not a claim
+        assert bench.claim is not None and bench.claim.method in {m.name for m in bench.methods}
 
 
 # ----------------------------------------------------------------------------- baselines
