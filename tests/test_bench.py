@@ -414,3 +414,19 @@ def test_reference_baselines_and_published_cells(tmp_path):
     # a fresh output folder continues from what was published: nothing runs again
     again = run_grid(bench, tmp_path / "fresh", verbose=False, log=lambda s: None, publish=publish)
     assert [o.status for o in again.outcomes] == ["skipped"] * 10
+
+
+def test_task_table_marks_tasks_the_trained_model_beats_beyond_the_interval():
+    from fedlora.bench.doc import task_table
+    from fedlora.bench.results import CellRow
+
+    def row(method, acc, rouge):
+        ev = {"type": "eval", "split": "eval", "round": 1, "task/a/accuracy": acc, "task/a/accuracy_se": 0.02,
+              "task/a/majority": 0.5, "task/g/rougeL": rouge, "task/g/rougeL_se": 0.01}
+        return CellRow(f"{method}__d__seed0", method, "d", 0, {}, 0, 0, 0.0, 1, 1, [ev])
+
+    text = task_table([row("no-train", 0.50, 0.20), row("centralized", 0.60, 0.21)], {})
+    lines = text.splitlines()
+    assert lines[0] == "| split | task | metric | majority | no-train | centralized | difference | learnable |"
+    assert lines[2].startswith("| eval | a | accuracy | 0.500 | 0.500 ± 0.020 | 0.600 ± 0.020 | +0.100") and lines[2].endswith("| yes |")
+    assert lines[3].startswith("| eval | g | rougeL | - |") and lines[3].endswith("| no |")  # +0.01 < 1.96 x 0.014

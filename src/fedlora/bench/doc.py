@@ -174,6 +174,47 @@ def _verdict_text(name: str, counts: dict[str, int], comps: Sequence[Comparison]
                    f"{counts['no difference detected']} show no difference detected: the results support the claim only partly.")  # fmt: skip
 
 
+def _task_metric(record: dict, task: str) -> str | None:
+    for key in ("accuracy", "rougeL", "rougeL_tf"):
+        if record.get(f"task/{task}/{key}") is not None:
+            return key
+    return None
+
+
+def task_table(rows: Sequence[CellRow], labels: dict[str, str], reference: str = "no-train", trained: str = "centralized") -> str:
+    """Per task of the last evaluation (seed of the first row): each method's score ± its standard error
+    (likelihood accuracy beside the majority rate, or Rouge-L of generated text), and whether ``trained``
+    beats ``reference`` beyond the 95% interval of the difference (``sqrt(se_a^2 + se_b^2)``, conservative)."""
+    from fedlora.report import change_verdict
+
+    finals: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        for ev in (e for e in r.records if e.get("type") == "eval"):
+            finals.setdefault(r.method, {})[ev["split"]] = ev  # the last evaluation of each split
+    methods = list(finals)
+    tasks = sorted({(split, k.split("/")[1]) for m in finals.values() for split, ev in m.items() for k in ev if k.startswith("task/")})
+    head = ["split", "task", "metric", "majority", *[labels.get(m, m) for m in methods]]
+    both = reference in finals and trained in finals
+    head += ["difference", "learnable"] if both else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for split, task in tasks:
+        any_ev = next(finals[m][split] for m in methods if split in finals[m])
+        key = _task_metric(any_ev, task)
+        if key is None:
+            continue
+        full = f"task/{task}/{key}"
+        cells = [split, task, key, "-" if any_ev.get(f"task/{task}/majority") is None else f"{any_ev[f'task/{task}/majority']:.3f}"]
+        for m in methods:
+            ev = finals[m].get(split, {})
+            cells.append("-" if ev.get(full) is None else f"{ev[full]:.3f} ± {ev.get(full + '_se', 0.0):.3f}")
+        if both:
+            a, b = finals[trained].get(split, {}), finals[reference].get(split, {})
+            v = change_verdict({key: b.get(full), f"{key}_se": b.get(full + "_se")}, {key: a.get(full), f"{key}_se": a.get(full + "_se")}, key)
+            cells += ["-", "-"] if v is None else [f"{v[0]:+.3f} ± {1.96 * v[1]:.3f}", "yes" if v[2] == "better" else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _settings(base: dict) -> str:
     r, m, d, c, t, e = (base.get(k, {}) for k in ("run", "model", "data", "clients", "train", "eval"))
     evaluation = f"generation up to {e.get('max_new_tokens', 32)} tokens" if e.get("generate", True) else "teacher-forced evaluation"
@@ -212,6 +253,8 @@ def bench_section(out_dir: str | Path, assets: Path, doc_dir: Path) -> str:
              f"- Cells finished: {len(rows)} of {len(info['cells'])}; seeds {info['seeds']}",
              f"- Settings: {_settings(info.get('base_config', {}))}", "",
              "### Mean ± std over seeds", "", summary, "", claim_section(info, rows, labels), ""]  # fmt: skip
+    if not info.get("claim"):
+        parts += ["### Per task (last evaluation; ± standard error over the eval examples)", "", task_table(rows, labels), ""]
     parts += [f"![{Path(p).stem}]({rel(p)})" for p in plots]
     parts += ["", "<details><summary>Every cell</summary>", "", per_cell, "", "</details>", ""]
     return "\n".join(parts)
