@@ -248,8 +248,8 @@ def test_grid_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert bench_main([str(bench.path), "--out", str(out), "--report"]) == 0
     doc = write_results_doc([out], tmp_path / "docs" / "results.md")
     text = doc.read_text()
-    assert "![metric_per_round](results/tiny/metric_per_round.png)" in text and "one seed" in text
-    assert (tmp_path / "docs" / "results" / "tiny" / "final_metric.png").is_file()
+    assert "![metric_per_round](results/tiny/plots/metric_per_round.png)" in text and "one seed" in text
+    assert (tmp_path / "docs" / "results" / "tiny" / "plots" / "final_metric.png").is_file()
 
 
 MEMORY_BENCH = """

@@ -238,7 +238,7 @@ def bench_section(out_dir: str | Path, assets: Path, doc_dir: Path) -> str:
     (out_dir / "comparisons.json").write_text(json.dumps(comparisons_json(info, rows), indent=2), encoding="utf-8")
     aggs = aggregate(rows, metrics)
     order = dict(methods=[m["name"] for m in info["methods"]], distributions=[d["name"] for d in info["distributions"]])
-    target = assets / info["name"]
+    target = assets / info["name"] / "plots"  # never the bench folder itself: published cells may live there
     if target.exists():
         shutil.rmtree(target)
     plots = plot_bench(rows, aggs, info["primary_metric"], target, labels=labels, **order)
