@@ -77,7 +77,9 @@ def _records(out, kind: str) -> list[dict]:
 
 
 def _checkpoint_adapter(out, name: str):
-    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    from fedlora.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(out)
     strategy = make_strategy(name)
     strategy.load_state_dict(state["strategy"])
     return strategy.global_adapter()

@@ -131,3 +131,25 @@ def test_options_from_run_config_collects_every_error():
     text = str(err.value)
     assert "round-timeout" in text and "min-replies" in text and "max-missed-rounds" in text
     assert FlowerOptions.from_run_config(FlowerOptions().to_run_config()) == FlowerOptions()
+
+
+def test_merged_evaluation_shards_equal_the_evaluation_of_their_union():
+    import pytest
+
+    from fedlora.data.example import Example
+    from fedlora.eval import evaluate
+    from fedlora.flower.records import merge_eval
+    from fedlora.testing import tiny_llama
+
+    model, tok = tiny_llama()
+    cls = [Example("Is it good?", f"text {i}", "yes" if i % 3 else "no", "cls", ("yes", "no")) for i in range(7)]
+    gen = [Example("Repeat.", f"word {i}", f"word {i}", "gen") for i in range(5)]
+    examples = cls + gen
+    whole = evaluate(model, tok, examples, generate=False)
+    shards = [evaluate(model, tok, part, generate=False) for part in (examples[:4] + gen[:2], cls[4:] + gen[2:])]
+    merged = merge_eval(shards)
+    for key in ("accuracy", "accuracy_se", "rougeL_tf", "rougeL_tf_se", "loss", "n_cls", "n_gen", "n_examples",
+                "task/cls/accuracy", "task/cls/accuracy_se"):
+        assert merged[key] == pytest.approx(whole[key], rel=1e-9, abs=1e-12), key
+    assert merged["loss_se"] == pytest.approx(whole["loss_se"], rel=0.5)  # a ratio's SE: pooled approximately
+    assert merge_eval(shards[:1]) == shards[0]

@@ -75,6 +75,8 @@ class RunSection:
     rounds: int = opt(3, "federated rounds", ge=1)
     eval_every: int = opt(1, "evaluate the global adapter every k rounds (round 0 and the last round always); 0: only those", ge=0)
     checkpoint_every: int = opt(1, "write a resumable checkpoint every k rounds (the last round always)", ge=1)
+    keep_checkpoints: int = opt(2, "checkpoints kept (checkpoint.pt, checkpoint.1.pt, ...): a corrupt newest one falls back "
+                                "to the previous", ge=1)
     threads: int = opt(0, "torch CPU threads; 0: auto, torch's default lowered to the cores not busy with other "
                        "processes when the run starts (1-minute load average), since oversubscribed threads spin-wait "
                        "(measured 2-5x slower); set a number to fix it (results may differ in the last bits between counts)", ge=0)

@@ -63,12 +63,12 @@ def cell_dir(out_dir: str | Path, cell: Cell) -> Path:
 
 def cell_state(path: str | Path) -> str:
     """``done`` | ``partial`` | ``new`` for a cell folder."""
-    from fedlora.engine.checkpoint import CHECKPOINT_FILE
+    from fedlora.engine.checkpoint import checkpoint_files
 
     path = Path(path)
     if (path / RESULT_FILE).is_file():
         return "done"
-    return "partial" if (path / CHECKPOINT_FILE).is_file() else "new"
+    return "partial" if checkpoint_files(path) else "new"
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -145,8 +145,12 @@ def run_cell(cell: Cell, path: str | Path, *, metrics: Sequence[str] = (), model
     from fedlora.bench.baselines import install_plan_mode
     from fedlora.engine.run import Engine
 
+    from fedlora.engine.metrics_log import METRICS_FILE
+
     path = Path(path)
     resume = cell_state(path) == "partial"
+    if not resume:
+        (path / METRICS_FILE).unlink(missing_ok=True)  # a cell killed before its first checkpoint starts afresh
     models = models or _Models()
     engine = Engine(cell.config, path, model_and_tokenizer=models.get(cell.config), progress=progress)
     try:

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -74,4 +75,14 @@ def read_metrics(path: str | Path) -> list[dict]:
         path = path / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a run folder written by `fedlora run`")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1) if line.strip()]
+    records = []
+    for i, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i + 1 < len(lines):  # only the last line may be torn (a process killed mid-write)
+                raise ValueError(f"{path}:{number}: not a JSON record ({err.msg} at column {err.colno}); "
+                                 "the metrics log is corrupted before its last line") from None  # fmt: skip
+            warnings.warn(f"{path}:{number}: the last line is torn (a run killed while writing it); ignoring it", stacklevel=2)
+    return records

@@ -20,7 +20,9 @@ from typing import Any, Mapping
 
 from fedlora.config import Config, config_to_dict, dumps_toml
 from fedlora.engine import build
-from fedlora.engine.checkpoint import config_differences, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fedlora.engine.checkpoint import (CheckpointError, config_differences, load_checkpoint, remove_stale_temp_files,
+                                      rng_state, save_checkpoint, set_rng_state)
+from fedlora.engine.lock import RunFolderLocked, RunLock
 from fedlora.engine.data import FederatedData, build_data
 from fedlora.engine.metrics_log import METRICS_FILE, MetricsLog
 from fedlora.engine.plans import Planner
@@ -123,7 +125,7 @@ def mean_over_models(results: list[dict[str, float]]) -> dict[str, float]:
         if key.endswith("_se"):
             continue
         values = [r[key] for r in results if r.get(key) is not None]
-        if key.endswith(("n_examples", "n_cls", "n_gen", "majority", "chance")):
+        if key.endswith(("n_examples", "n_cls", "n_gen", "n_tokens", "majority", "chance")):
             out[key] = values[0]
         elif values:
             out[key], se = mean_se(values)
@@ -187,7 +189,14 @@ class Engine:
                               f"{self.planner.ranks if self.planner.allocation != 'fedpilot' else 'by memory budget'}")  # fmt: skip
 
     def _prepare(self, resume: bool) -> dict | None:
-        ckpt = load_checkpoint(self.run_dir)
+        try:
+            ckpt = load_checkpoint(self.run_dir, warn=self.progress.message)
+        except CheckpointError as err:
+            raise RunError(str(err)) from None
+        history = self.run_dir / METRICS_FILE
+        if ckpt is None and history.is_file() and history.stat().st_size > 0:
+            raise RunError(f"{self.run_dir} holds a metrics history ({history}) but no checkpoint to continue from; a new run "
+                           "would overwrite it. Choose another run.name or --out DIR, or move the folder away")  # fmt: skip
         if resume and ckpt is None:
             raise RunError(f"--resume: {self.run_dir} holds no checkpoint ({self.run_dir / 'checkpoint.pt'}); "
                            "run without --resume to start it, or point --out at the run folder to continue")  # fmt: skip
@@ -219,7 +228,19 @@ class Engine:
 
     def run(self, *, resume: bool = False, stop_after: int | None = None) -> RunResult:
         """Run (or resume) every round; ``stop_after=k`` stops after round ``k`` as if killed there
-        (``stop_after=0``: evaluate the untrained base model only)."""
+        (``stop_after=0``: evaluate the untrained base model only). The run folder is locked meanwhile."""
+        lock = RunLock(self.run_dir)
+        try:
+            lock.acquire()
+        except RunFolderLocked as err:
+            raise RunError(str(err)) from None
+        try:
+            return self._run_locked(resume, stop_after)
+        finally:
+            lock.release()
+
+    def _run_locked(self, resume: bool, stop_after: int | None) -> RunResult:
+        remove_stale_temp_files(self.run_dir)
         ckpt = self._prepare(resume)
         self.setup()
         first = self._restore(ckpt)
@@ -326,7 +347,7 @@ class Engine:
             self.progress.eval_end(self.log.append(record))
 
     def _checkpoint(self, server_round: int) -> None:
-        save_checkpoint(self.run_dir, {
+        save_checkpoint(self.run_dir, keep=self.cfg.run.keep_checkpoints, state={
             "round": server_round, "config": config_to_dict(self.cfg), "strategy": self.strategy.state_dict(),
             "planner": self.planner.state_dict(), "rng": rng_state(), "records": self.log.records,
             "elapsed": self._elapsed_before + time.perf_counter() - self._started, "client_ids": list(self.data.client_ids),

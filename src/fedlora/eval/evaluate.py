@@ -9,7 +9,8 @@ Metrics, over all examples of a split and per task (``task/<name>/<metric>``):
 - ``rougeL_tf``: mean Rouge-L F1 of the teacher-forced argmax answer on generation examples (the
   FlexLoRA paper's cheap comparison; one forward pass, no generation).
 - ``loss``: NLL per answer token of the reference answers, token-weighted over all examples.
-- ``<metric>_se``: its standard error (:mod:`fedlora.eval.stats`); ``n_examples``, ``n_cls``, ``n_gen``.
+- ``<metric>_se``: its standard error (:mod:`fedlora.eval.stats`); ``n_examples``, ``n_cls``, ``n_gen`` and
+  ``n_tokens`` (answer tokens behind ``loss``).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def _group_metrics(examples: Sequence[Example], rows: Sequence[dict[str, float]]
             out[metric], out[f"{metric}_se"] = mean_se(values)
     out["loss"], out["loss_se"] = ratio_se([r["nll"] for r in rows], [r["tokens"] for r in rows])
     out["n_examples"], out["n_cls"] = len(rows), len(cls)
-    out["n_gen"] = len(rows) - len(cls)
+    out["n_gen"], out["n_tokens"] = len(rows) - len(cls), sum(r["tokens"] for r in rows)
     return out
 
 

@@ -61,24 +61,55 @@ def round_record(rnd: int, clients: Sequence[dict[str, Any]], result: RoundResul
     return record
 
 
+def _count_key(key: str) -> str:
+    """The count a metric is a mean over: ``n_cls`` (accuracy, majority, chance), ``n_gen`` (Rouge-L) or ``n_examples``."""
+    prefix, _, leaf = key.rpartition("/")
+    prefix = prefix + "/" if prefix else ""
+    base = leaf.removesuffix("_se")
+    if base in ("accuracy", "majority", "chance"):
+        return prefix + "n_cls"
+    if base.startswith("rougeL"):
+        return prefix + "n_gen"
+    return prefix + ("n_tokens" if base == "loss" else "n_examples")
+
+
 def merge_eval(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Merge shard metrics: each metric averaged weighted by its examples (``task/<t>/...`` by
-    ``task/<t>/n_examples``, others by ``n_examples``); counts summed, ``seconds`` the slowest."""
+    """Merge the evaluation shards of several nodes into the metrics of their union.
+
+    Means are pooled by their counts (accuracy, majority and chance by ``n_cls``, Rouge-L by ``n_gen``,
+    the token-weighted loss by ``n_tokens``); the standard error of a per-example mean is pooled exactly from each
+    shard's mean, SE and count (sum of squares ``(n-1) n se^2 + n mean^2``); the loss SE (a ratio) as
+    that of the count-weighted mean of independent shards. ``majority`` becomes the count-weighted
+    mean of the shards' majority rates, an upper bound of the union's (shards may favour different
+    labels). Counts are summed, ``seconds`` is the slowest. One shard comes back unchanged.
+    """
+    if len(rows) == 1:
+        return dict(rows[0])
     out: dict[str, float] = {}
     keys = sorted({k for r in rows for k in r})
     for key in keys:
         if key == "seconds":
             out[key] = max(r.get(key, 0.0) for r in rows)
-            continue
-        if key.endswith("n_examples"):
+        elif key.rsplit("/", 1)[-1] in ("n_examples", "n_cls", "n_gen", "n_tokens"):
             out[key] = sum(r.get(key, 0.0) for r in rows)
-            continue
-        weight = key.rsplit("/", 1)[0] + "/n_examples" if key.startswith("task/") else "n_examples"
-        have = [(r[key], r.get(weight, 0.0)) for r in rows if key in r and r[key] is not None]
-        total = sum(w for _, w in have)
-        if total > 0:
-            out[key] = sum(v * w for v, w in have) / total
+        elif not key.endswith("_se"):
+            have = [(r[key], r.get(_count_key(key), 0.0), r.get(f"{key}_se")) for r in rows if r.get(key) is not None]
+            total = sum(n for _, n, _ in have)
+            if total <= 0:
+                continue
+            mean = sum(v * n for v, n, _ in have) / total
+            out[key] = mean
+            if all(se is not None for _, _, se in have) and have[0][2] is not None:
+                out[f"{key}_se"] = _pooled_se(key, have, mean, total)
     return out
+
+
+def _pooled_se(key: str, have: Sequence[tuple[float, float, float]], mean: float, total: float) -> float:
+    if key.rsplit("/", 1)[-1] == "loss":
+        return sum((n * se) ** 2 for _, n, se in have) ** 0.5 / total
+    squares = sum((n - 1) * n * se**2 + n * v**2 for v, n, se in have)
+    var = max(0.0, (squares - total * mean**2) / (total - 1)) if total > 1 else 0.0
+    return (var / total) ** 0.5
 
 
 def round_line(rnd: dict[str, Any], evals: Sequence[dict[str, Any]] = ()) -> str:
