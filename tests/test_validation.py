@@ -101,7 +101,7 @@ def test_rank_above_plan():
 
 
 def test_rank_below_plan_is_allowed_unless_exact_rank():
-    lower = _update(factors={Q: _factors(3)})
+    lower = _update(factors={Q: _factors(3, alpha=6.0)})  # pruned: the plan's scale 8 / 4 kept
     validate_update(lower, PLAN, expected_shapes=SHAPES)
     _raises(lower, "rank 3 but the plan allows rank == 4", Q, exact_rank=True)
 
@@ -140,3 +140,13 @@ def test_frozen_A_within_rounding_of_the_update_dtype_is_accepted():
     expected = {Q: torch.full((4, 5), 1 / 3), V: torch.ones(2, 5)}
     f = LoraFactors(torch.full((4, 5), 1 / 3).to(torch.bfloat16), torch.ones(6, 4), 8.0)
     validate_update(_update(factors={Q: f}), PLAN, expected_shapes=SHAPES, train_A=False, expected_A=expected)
+
+
+def test_alpha_must_keep_the_plans_scale():
+    _raises(_update(factors={Q: _factors(4, alpha=1e300), V: _factors(2, alpha=4.0)}), "differs from the plan", Q)
+    _raises(_update(factors={Q: _factors(3, alpha=8.0), V: _factors(2, alpha=4.0)}), "differs from the plan", Q)
+
+
+def test_num_examples_must_be_a_reasonable_int():
+    _raises(_update(num_examples=10**400), "an int of 401 digits", None)
+    _raises(_update(num_examples=2.5), "positive int", None)

@@ -160,6 +160,8 @@ class StrategySection:
     name: str = opt("flexlora", "fedit | flexlora | hetlora | flora | ffa | fedpilot | local (no aggregation: each client "
                     "alone, the floor; evaluated as the mean over the clients' own models)",
                     choices=("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "local"))
+    norm_bound: float = opt(100.0, "reject an update whose scale-aware norm exceeds this many times the round's median "
+                            "(with >= 3 updates; 0 disables); see fedlora.strategies.guard", ge=0)
     params: dict = opt({}, "method arguments (e.g. HetLoRA `gamma`, `regularization`, `prune`), written as plain keys")
 
 
@@ -289,7 +291,9 @@ def _build_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     if cls is StrategySection:
-        raw = {"name": raw.get("name", StrategySection.name), "params": {k: v for k, v in raw.items() if k != "name"}}
+        own = ("name", "norm_bound")
+        raw = {**{k: raw[k] for k in own if k in raw}, "name": raw.get("name", StrategySection.name),
+               "params": {k: v for k, v in raw.items() if k not in own}}  # fmt: skip
     values = {}
     for key, value in raw.items():
         if key not in known:
@@ -476,7 +480,7 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     for name in SECTIONS:
         section = dataclasses.asdict(getattr(cfg, name))
         if name == "strategy":
-            section = {"name": section["name"], **section["params"]}
+            section = {"name": section["name"], "norm_bound": section["norm_bound"], **section["params"]}
         out[name] = {k: v for k, v in section.items() if v is not None}
     return out
 

@@ -23,6 +23,7 @@ from fedlora.engine import build
 from fedlora.engine.checkpoint import (CheckpointError, config_differences, load_checkpoint, remove_stale_temp_files,
                                       rng_state, save_checkpoint, set_rng_state)
 from fedlora.engine.lock import RunFolderLocked, RunLock
+from fedlora.strategies.guard import guarded_aggregate
 from fedlora.engine.data import FederatedData, build_data
 from fedlora.engine.metrics_log import METRICS_FILE, MetricsLog
 from fedlora.engine.plans import Planner
@@ -281,7 +282,7 @@ class Engine:
             records.append(record)
             if update is not None:
                 updates.append(update)
-        result = self.strategy.aggregate(server_round, updates) if updates else None
+        result = guarded_aggregate(self.strategy, server_round, updates, norm_bound=self.cfg.strategy.norm_bound) if updates else None
         rejected = dict(result.rejected) if result else {}
         for record in records:
             if record["client"] in rejected:

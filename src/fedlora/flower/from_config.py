@@ -139,6 +139,7 @@ def recipes_from_fedlora_config(run_config: Mapping[str, Any]) -> tuple[ServerRe
         client_seed=lambda rnd, cid: client_seed(seed, rnd, cid),
         eval_every=cfg.run.eval_every, checkpoint_every=cfg.run.checkpoint_every,
         model_name=None if cfg.model.name == build.TINY_MODEL else cfg.model.name, config=config_to_dict(cfg),
+        norm_bound=cfg.strategy.norm_bound,
     )  # fmt: skip
     importance = None
     if resolved_allocation(cfg) == "fedpilot":

@@ -70,6 +70,7 @@ class ServerRecipe:
         checkpoint_every: checkpoint every this many rounds (the last always).
         model_name: base model id or path recorded in the exported PEFT adapter.
         config: the fedlora config as a dict, checked against the checkpoint's on resume.
+        norm_bound: outlier bound of :func:`fedlora.strategies.guard.guarded_aggregate` (0 disables).
     """
 
     num_rounds: int
@@ -82,6 +83,7 @@ class ServerRecipe:
     checkpoint_every: int = 1
     model_name: str | None = None
     config: dict | None = None
+    norm_bound: float = 100.0
 
 
 @dataclass

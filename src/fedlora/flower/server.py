@@ -28,6 +28,7 @@ from fedlora.flower import serialization as S
 from fedlora.flower.messaging import Exchange, exchange, wait_for_nodes
 from fedlora.flower.options import FlowerOptions
 from fedlora.flower.recipe import ServerRecipe
+from fedlora.strategies.guard import guarded_aggregate
 from fedlora.flower.records import client_record, merge_eval, round_line, round_record
 from fedlora.flower.resources import NodeResources, content_to_resources
 from fedlora.flower.roster import FederationError, Roster, build_roster
@@ -126,7 +127,7 @@ class FlowerServer:
         if len(updates) < self.options.min_replies:
             skipped = f"{len(updates)} updates < min-replies = {self.options.min_replies}; global state unchanged"
         else:
-            result = self.strategy.aggregate(rnd, updates)
+            result = guarded_aggregate(self.strategy, rnd, updates, norm_bound=self.recipe.norm_bound)
             for c in clients:
                 if c["client"] in result.rejected:
                     c.update(status="rejected", error=result.rejected[c["client"]])

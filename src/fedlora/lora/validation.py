@@ -15,7 +15,10 @@ import torch
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.factors import LoraFactors, Update
 
-__all__ = ["InvalidUpdateError", "validate_update"]
+__all__ = ["InvalidUpdateError", "validate_update", "MAX_NUM_EXAMPLES"]
+
+MAX_NUM_EXAMPLES = 10**12
+"""Largest ``num_examples`` an update may claim: more than any real client holds, small enough for float weights."""
 
 
 class InvalidUpdateError(ValueError):
@@ -66,8 +69,10 @@ def validate_update(
     if cid != plan.client_id:
         raise InvalidUpdateError(cid, None, f"validated against the plan of client {plan.client_id!r}", "pass the plan sent to this client")
     n = update.num_examples
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
-        raise InvalidUpdateError(cid, None, f"num_examples must be a positive int, got {n!r}", "report the number of local training examples")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0 or n > MAX_NUM_EXAMPLES:
+        shown = f"{n!r}" if not isinstance(n, numbers.Integral) or abs(n) < 10**30 else f"an int of {len(str(abs(int(n))))} digits"
+        raise InvalidUpdateError(cid, None, f"num_examples must be a positive int <= {MAX_NUM_EXAMPLES:.0e}, got {shown}",
+                                 "report the number of local training examples")  # fmt: skip
     unknown = sorted(set(update.factors) - set(plan.ranks))
     if unknown:
         raise InvalidUpdateError(cid, unknown[0], f"module is not in the client's plan ({len(unknown)} unknown: {unknown[:3]})", "send only the modules of the plan")
@@ -108,6 +113,10 @@ def _check_module(
     alpha = f.alpha
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha <= 0:
         raise InvalidUpdateError(cid, module, f"alpha must be a positive finite number, got {alpha!r}", "send the LoRA alpha of the plan")
+    planned_alpha = plan.alphas.get(module)
+    if planned_alpha is not None and not math.isclose(float(alpha) / r, float(planned_alpha) / planned, rel_tol=1e-6):
+        raise InvalidUpdateError(cid, module, f"scale alpha / rank = {alpha!r} / {r} differs from the plan's {planned_alpha!r} / {planned}",
+                                 "send the LoRA alpha of the plan (a rank pruned below the plan keeps the plan's scale)")  # fmt: skip
     for name, t in (("A", f.A), ("B", f.B)):
         if not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())

@@ -72,7 +72,8 @@ def round_shapes(known: Mapping[str, tuple[int, int]], updates: Sequence[Update]
     votes: dict[str, Counter] = {}
     for u in updates:
         for m, f in u.factors.items():
-            if m not in known and isinstance(f, LoraFactors) and f.A.dim() == 2 and f.B.dim() == 2:
+            if (m not in known and isinstance(f, LoraFactors) and isinstance(f.A, torch.Tensor) and isinstance(f.B, torch.Tensor)
+                    and f.A.dim() == 2 and f.B.dim() == 2):  # fmt: skip
                 votes.setdefault(m, Counter())[(int(f.B.shape[0]), int(f.A.shape[1]))] += 1
     out = dict(known)
     for m, counter in votes.items():
