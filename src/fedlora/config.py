@@ -195,8 +195,18 @@ class EvalSection:
     heldout: bool = opt(True, "evaluate the held-out (unseen) tasks")
 
 
+@dataclass(frozen=True)
+class PrivacySection:
+    """``[privacy]``: client-level differential privacy (DP-FedAvg) for FedIT and FFA-LoRA (fedlora.strategies.dp)."""
+
+    clip_norm: float = opt(0.0, "L2 bound C of each client's update in the averaged factors (0: privacy off)", ge=0)
+    noise_multiplier: float = opt(1.0, "Gaussian noise std over C (sigma); privacy/epsilon is reported each round", ge=0)
+    delta: float = opt(1e-5, "the delta of the reported (epsilon, delta)", gt=0, le=0.1)
+
+
 SECTIONS: dict[str, type] = {"run": RunSection, "model": ModelSection, "data": DataSection, "clients": ClientsSection,
-                             "strategy": StrategySection, "train": TrainSection, "eval": EvalSection}  # fmt: skip
+                             "strategy": StrategySection, "train": TrainSection, "eval": EvalSection,
+                             "privacy": PrivacySection}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -210,6 +220,7 @@ class Config:
     strategy: StrategySection = field(default_factory=StrategySection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
 
     def replace(self, **sections: Any) -> "Config":
         return dataclasses.replace(self, **sections)
@@ -424,6 +435,10 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
         errors.extend(_data_errors(cfg.data) + _clients_errors(cfg))
     if not any(e.startswith("strategy.name") for e in errors):
         errors.extend(_strategy_errors(cfg.strategy))
+    if cfg.privacy.clip_norm > 0 and cfg.strategy.name not in ("fedit", "ffa"):
+        errors.append(f"privacy.clip_norm = {cfg.privacy.clip_norm}: client-level DP is implemented for strategy 'fedit' and "
+                      f"'ffa' (their server averages a clipped sum), not {cfg.strategy.name!r}; set privacy.clip_norm = 0 or "
+                      "change strategy.name (docs/privacy.md says why)")
     if errors:
         raise ConfigError(errors, source)
     return cfg

@@ -41,6 +41,8 @@ def run_summary(records: Sequence[dict]) -> dict[str, Any]:
         "failed_clients": sum(1 for c in clients if c.get("status") == "failed"),
         "rejected_updates": sum(1 for c in clients if c.get("status") == "rejected"),
         "splits": splits,
+        **({"privacy/epsilon": rounds[-1]["privacy/epsilon"], "privacy/delta": rounds[-1].get("privacy/delta")}
+           if rounds and rounds[-1].get("privacy/epsilon") is not None else {}),
     }
 
 
@@ -118,7 +120,9 @@ def summary_table(summary: dict[str, Any], title: str = "fedlora run"):
     losses = [x for x in summary["train_loss"] if x is not None]
     if losses:
         table.add_row("train", "loss (round 1 → last)", _fmt(losses[0]), _fmt(losses[-1]), f"{losses[-1] - losses[0]:+.4f}")
-    table.caption = (f"traffic ↓{summary['bytes_down'] / 1e6:.1f} MB ↑{summary['bytes_up'] / 1e6:.1f} MB; "
+    privacy = (f"; privacy: epsilon {summary['privacy/epsilon']:.3g} at delta {summary['privacy/delta']:g}"
+               if summary.get("privacy/epsilon") is not None else "")
+    table.caption = (f"traffic ↓{summary['bytes_down'] / 1e6:.1f} MB ↑{summary['bytes_up'] / 1e6:.1f} MB{privacy}; "
                      f"failed clients {summary['failed_clients']}, rejected updates {summary['rejected_updates']}"
                      + (f"; {summary['seconds']:.0f} s" if "seconds" in summary else ""))  # fmt: skip
     return table

@@ -69,7 +69,16 @@ def build_strategy(cfg: Config, spec: ModelSpec | None = None) -> Strategy:
     """``strategy.name`` with the run seed, the model shapes and the ``[strategy]`` arguments."""
     from fedlora.strategies.registry import make_strategy
 
-    return make_strategy(cfg.strategy.name, seed=cfg.run.seed, shapes=spec, **cfg.strategy.params)
+    strategy = make_strategy(cfg.strategy.name, seed=cfg.run.seed, shapes=spec, **cfg.strategy.params)
+    if cfg.privacy.clip_norm > 0:
+        from fedlora.engine.sampling import clients_per_round
+        from fedlora.strategies.dp import DPFedAvg
+
+        population = cfg.data.num_clients
+        strategy = DPFedAvg(strategy, clip_norm=cfg.privacy.clip_norm, noise_multiplier=cfg.privacy.noise_multiplier,
+                            population=population, per_round=clients_per_round(cfg.clients.clients_per_round, population),
+                            delta=cfg.privacy.delta, seed=cfg.run.seed)  # fmt: skip
+    return strategy
 
 
 def build_train_config(cfg: Config):

@@ -337,7 +337,7 @@ class Engine:
             "bytes_down": sum(r["bytes_down"] for r in records), "bytes_up": sum(r["bytes_up"] for r in records),
         }  # fmt: skip
         if result is not None:
-            record.update({f"strategy/{k}": v for k, v in result.metrics.items()})
+            record.update({(k if k.startswith("privacy/") else f"strategy/{k}"): v for k, v in result.metrics.items()})
         self.progress.round_end(self.log.append(record))
 
     def _evaluate(self, server_round: int) -> None:
