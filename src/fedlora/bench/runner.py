@@ -178,8 +178,14 @@ def run_cell(cell: Cell, path: str | Path, *, metrics: Sequence[str] = (), model
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    """Atomic write; a unique temporary name, so that two grid processes publishing into one folder never mix."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2))
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
