@@ -19,6 +19,7 @@ import torch
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.factors import Adapter, LoraFactors, Update
 from fedlora.lora.linalg import rescale_alpha
+from fedlora.lora.robust import ROBUST_RULES, robust_average
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
@@ -26,13 +27,15 @@ from fedlora.strategies.base import Payload, RoundResult
 __all__ = ["FedIT", "fedavg_factors"]
 
 
-def fedavg_factors(factors: Sequence[LoraFactors], weights: Sequence[float]) -> LoraFactors:
+def fedavg_factors(factors: Sequence[LoraFactors], weights: Sequence[float], rule: str = "mean", beta: float = 0.1) -> LoraFactors:
     """``A = Σ p_k A_k``, ``B = Σ p_k s_k B_k`` (float64 math), returned with ``alpha = r`` (scale 1).
 
-    All factors must share the rank ``r``: ``A_k [r, d_in]``, ``B_k [d_out, r]``.
+    All factors must share the rank ``r``: ``A_k [r, d_in]``, ``B_k [d_out, r]``. ``rule`` ``median`` or
+    ``trimmed_mean`` replaces the weighted mean by that robust average of ``A_k`` and ``s_k B_k``
+    (:mod:`fedlora.lora.robust`).
     """
-    A = sum(float(w) * f.A.to(torch.float64) for f, w in zip(factors, weights))
-    B = sum(float(w) * f.scale * f.B.to(torch.float64) for f, w in zip(factors, weights))
+    A = robust_average([f.A for f in factors], weights, rule, beta)
+    B = robust_average([f.scale * f.B.to(torch.float64) for f in factors], weights, rule, beta)
     rank = factors[0].rank
     return LoraFactors(A.to(C.STATE_DTYPE), B.to(C.STATE_DTYPE), float(rank))
 
@@ -43,12 +46,17 @@ class FedIT:
     Args:
         seed: seed of the shared fresh init (round 1: every client gets the same ``A``).
         shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
+        robust: ``mean`` (FedAvg), or the robust ``median`` / ``trimmed_mean`` (fraction ``trim`` cut at each end).
     """
 
     name = "fedit"
     heterogeneous_ranks = False
 
-    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
+    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None,
+                 robust: str = "mean", trim: float = 0.1) -> None:  # fmt: skip
+        if robust not in ROBUST_RULES or not 0 <= trim < 0.5:
+            raise ValueError(f"FedIT: robust must be one of {', '.join(ROBUST_RULES)} and 0 <= trim < 0.5; got {robust!r}, {trim}")
+        self.robust, self.trim = robust, float(trim)
         self.seed = int(seed)
         self._shapes: C.Shapes = C.normalize_shapes(shapes)
         self._global: Adapter = {}
@@ -67,7 +75,7 @@ class FedIT:
         valid, rejected = C.validate_round(self._book, server_round, updates, "FedIT", shapes, exact_rank=True)
         new = dict(self._global)
         for module, group in C.by_module(valid, self._book.plans).items():
-            new[module] = fedavg_factors([f for _, f in group], C.example_weights(group))
+            new[module] = fedavg_factors([f for _, f in group], C.example_weights(group), self.robust, self.trim)
         self._global = new
         self._shapes.update({m: shapes[m] for m in new})
         return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected))

@@ -19,6 +19,7 @@ import torch
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.factors import Adapter, LoraFactors, Update
 from fedlora.lora.linalg import init_lora_factors, rescale_alpha
+from fedlora.lora.robust import ROBUST_RULES, robust_average
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
@@ -26,9 +27,11 @@ from fedlora.strategies.base import Payload, RoundResult
 __all__ = ["FFALoRA", "average_B"]
 
 
-def average_B(factors: Sequence[LoraFactors], weights: Sequence[float], frozen_A: torch.Tensor) -> LoraFactors:
-    """``B = Σ p_k s_k B_k`` (float64 math) with the frozen ``A [r, d_in]``, ``alpha = r`` (scale 1)."""
-    B = sum((float(w) * f.scale) * f.B.to(torch.float64) for f, w in zip(factors, weights))
+def average_B(factors: Sequence[LoraFactors], weights: Sequence[float], frozen_A: torch.Tensor, rule: str = "mean",
+              beta: float = 0.1) -> LoraFactors:  # fmt: skip
+    """``B = Σ p_k s_k B_k`` (float64 math) with the frozen ``A [r, d_in]``, ``alpha = r`` (scale 1);
+    ``rule`` ``median`` / ``trimmed_mean``: that robust average of ``s_k B_k`` instead."""
+    B = robust_average([f.scale * f.B.to(torch.float64) for f in factors], weights, rule, beta)
     return LoraFactors(frozen_A.to(C.STATE_DTYPE), B.to(C.STATE_DTYPE), float(frozen_A.shape[0]))
 
 
@@ -38,12 +41,17 @@ class FFALoRA:
     Args:
         seed: seed of the frozen ``A`` (the same for every client and round).
         shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
+        robust: ``mean`` (FedAvg of ``B``), or the robust ``median`` / ``trimmed_mean`` (fraction ``trim`` cut at each end).
     """
 
     name = "ffa"
     heterogeneous_ranks = False
 
-    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
+    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None,
+                 robust: str = "mean", trim: float = 0.1) -> None:  # fmt: skip
+        if robust not in ROBUST_RULES or not 0 <= trim < 0.5:
+            raise ValueError(f"FFA-LoRA: robust must be one of {', '.join(ROBUST_RULES)} and 0 <= trim < 0.5; got {robust!r}, {trim}")
+        self.robust, self.trim = robust, float(trim)
         self.seed = int(seed)
         self._shapes: C.Shapes = C.normalize_shapes(shapes)
         self._global: Adapter = {}
@@ -72,7 +80,7 @@ class FFALoRA:
         )
         new = dict(self._global)
         for module, group in C.by_module(valid, self._book.plans).items():
-            new[module] = average_B([f for _, f in group], C.example_weights(group), expected_A[module])
+            new[module] = average_B([f for _, f in group], C.example_weights(group), expected_A[module], self.robust, self.trim)
         self._global = new
         self._shapes.update({m: shapes[m] for m in new})
         return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected))
