@@ -51,6 +51,9 @@ class RunLock:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
+    def __del__(self) -> None:  # an object dropped without release() must not keep the folder locked
+        self.release()
+
     def __enter__(self) -> "RunLock":
         self.acquire()
         return self

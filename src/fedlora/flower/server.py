@@ -57,7 +57,13 @@ class FlowerServer:
 
     # ---------------------------------------------------------------- run
     def run(self) -> list[dict[str, Any]]:
-        """Query the nodes, then run every round; returns every metrics record."""
+        """Query the nodes, then run every round; returns every metrics record. The results folder is locked meanwhile."""
+        try:
+            return self._run()
+        finally:
+            self.store.close()
+
+    def _run(self) -> list[dict[str, Any]]:
         self.roster = self.discover()
         self.strategy = self.recipe.make_strategy(self.roster.spec)
         self.planner = self.recipe.make_planner(self.roster.spec, self.roster.resources)

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from fedlora.engine.checkpoint import config_differences, load_checkpoint, save_checkpoint
+from fedlora.engine.checkpoint import CheckpointError, config_differences, load_checkpoint, remove_stale_temp_files, save_checkpoint
+from fedlora.engine.lock import RunFolderLocked, RunLock
 from fedlora.engine.metrics_log import METRICS_FILE, MetricsLog
 from fedlora.lora.factors import LoraFactors
 
@@ -37,7 +38,27 @@ class RunStore:
     def __init__(self, out_dir: str | os.PathLike, *, resume: bool, config: Mapping[str, Any] | None = None) -> None:
         self.root = Path(out_dir or DEFAULT_OUT_DIR).expanduser().resolve()
         self.checkpoint_path = self.root / "checkpoint.pt"
-        self.state = load_checkpoint(self.root)
+        self._lock = RunLock(self.root)
+        try:
+            self._lock.acquire()
+        except RunFolderLocked as err:
+            raise RunFolderError(str(err)) from None
+        try:
+            self._open(resume, config)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the folder's lock (the server calls it when the run ends)."""
+        self._lock.release()
+
+    def _open(self, resume: bool, config: Mapping[str, Any] | None) -> None:
+        remove_stale_temp_files(self.root)
+        try:
+            self.state = load_checkpoint(self.root)
+        except CheckpointError as err:
+            raise RunFolderError(str(err)) from None
         if resume and self.state is None:
             raise RunFolderError(f"resume = true but {self.root} holds no checkpoint; start without resume, or set out-dir to the run folder")
         if not resume and self.state is not None:

@@ -7,8 +7,9 @@ call it), method-agnostic:
    in float64 from the small ``r x r`` Gram matrices (``||BA||_F^2 = tr((A A^T)(B^T B))``, no dense
    ``ΔW``). With at least 3 updates, one whose norm exceeds ``norm_bound x median(N)`` is rejected
    with its norm, the median and the bound (a trained LoRA update rarely moves by more than a few
-   times another client's; the default bound, 100, is generous). A norm that is not finite is
-   rejected whatever the count.
+   times another client's; the default bound, 100, is generous). Finite factors whose norm overflows
+   are rejected whatever the count; malformed or NaN factors are left to the strategy's validation,
+   which names the problem.
 2. **Commit or roll back.** The strategy's state is saved before ``aggregate``; when ``aggregate``
    raises (an SVD that does not converge, an overflow) or leaves a non-finite global adapter (or
    per-client adapter), the saved state is restored, every update of the round is reported rejected
@@ -33,26 +34,31 @@ DEFAULT_NORM_BOUND = 100.0
 
 
 def update_norm(update: Update) -> float:
-    """``sqrt(sum_m ||s B A||_F^2)`` of an update in float64; ``inf`` for anything that is not finite factors."""
+    """``sqrt(sum_m ||s B A||_F^2)`` of an update in float64; ``inf`` when finite factors overflow it, ``nan``
+    for anything that is not finite 2-D float factors (left to the strategy's validation, which names the problem)."""
     total = 0.0
     for f in update.factors.values():
         if not isinstance(f, LoraFactors) or not isinstance(f.A, torch.Tensor) or not isinstance(f.B, torch.Tensor):
-            return math.inf
+            return math.nan
         if f.A.dim() != 2 or f.B.dim() != 2 or f.A.shape[0] != f.B.shape[1] or not f.A.dtype.is_floating_point:
-            return math.inf
+            return math.nan
+        if not (bool(torch.isfinite(f.A).all()) and bool(torch.isfinite(f.B).all())):
+            return math.nan
         A, B = f.A.to(torch.float64), f.B.to(torch.float64)
         try:
             scale = float(f.alpha) / max(1, f.rank)
         except (TypeError, ValueError, OverflowError):
-            return math.inf
+            return math.nan
         total += scale * scale * float(torch.trace((A @ A.T) @ (B.T @ B)))
-    return math.sqrt(total) if math.isfinite(total) and total >= 0 else math.inf
+    if math.isnan(total):
+        return math.inf
+    return math.sqrt(total) if total >= 0 else math.nan
 
 
 def outlier_updates(updates: Sequence[Update], norm_bound: float = DEFAULT_NORM_BOUND) -> dict[str, str]:
-    """Client id -> reason, for updates whose norm is not finite or above ``norm_bound x`` the round's median."""
+    """Client id -> reason, for updates whose norm overflows or exceeds ``norm_bound x`` the round's median."""
     norms = {u.client_id: update_norm(u) for u in updates}
-    out = {cid: f"update norm is not finite ({n}); rejected before aggregation" for cid, n in norms.items() if not math.isfinite(n)}
+    out = {cid: "update norm overflows float64 (inf); rejected before aggregation" for cid, n in norms.items() if math.isinf(n)}
     finite = [n for n in norms.values() if math.isfinite(n)]
     if norm_bound and len(finite) >= 3:
         median = statistics.median(finite)
