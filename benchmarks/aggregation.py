@@ -58,7 +58,7 @@ def module_factors(index: int, ranks: list[int], d: int, seed: int) -> list[Lora
 
 
 def factored(factors: list[LoraFactors], weights: list[float]) -> list[LoraFactors]:
-    g = flexlora_aggregate(factors, weights)
+    g, _ = flexlora_aggregate(factors, weights)
     return [flexlora_client_factors(g, f.rank, ALPHA, 0, "m") for f in factors]
 
 

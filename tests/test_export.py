@@ -88,3 +88,20 @@ def test_global_adapter_of_a_run_dir(data_file, tmp_path):
 def test_export_of_a_folder_without_run_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no checkpoint.pt"):
         export_run(tmp_path)
+
+
+def test_export_at_a_chosen_rank_keeps_the_best_approximation_and_reports_its_energy(data_file, tmp_path):
+    from fedlora.lora.linalg import best_rank_factors
+
+    engine = _run(data_file, tmp_path, "flexlora")
+    full = engine.strategy.global_adapter()
+    assert max(f.rank for f in full.values()) > 4  # the stacked rank of ranks 2, 4, 8
+    paths = export_run(engine.run_dir, tmp_path / "r4", rank=4)
+    assert 0 < paths["energy_min"] <= paths["energy"] < 1
+    f = next(iter(full.values()))
+    low, kept, total = best_rank_factors(f, 4)
+    U, S, Vh = torch.linalg.svd(f.delta(torch.float64))
+    torch.testing.assert_close(low.delta(torch.float64), U[:, :4] * S[:4] @ Vh[:4], rtol=1e-4, atol=1e-6)
+    assert kept / total == pytest.approx(float(S[:4].square().sum() / S.square().sum()), rel=1e-6)
+    config = json.loads((paths["adapter"] / "adapter_config.json").read_text())
+    assert config["r"] <= 4 and all(r <= 4 for r in config.get("rank_pattern", {}).values())

@@ -4,7 +4,7 @@ Commands:
     fedlora run CONFIG.toml [--set KEY=VALUE ...] [--resume] [--out DIR] [--quiet]
     fedlora plan CONFIG.toml [--set KEY=VALUE ...] [--out DIR]
     fedlora report RUN_DIR [RUN_DIR ...] [--plots DIR]
-    fedlora export RUN_DIR [--merged] [--out DIR]
+    fedlora export RUN_DIR [--merged] [--out DIR] [--rank R]
     fedlora flower ...        (multi-machine runs, see ``fedlora flower --help``)
     fedlora bench ...         (benchmarks, when ``fedlora.bench`` is installed)
 
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir")
     export.add_argument("--merged", action="store_true", help="also save the base model with the adapter merged in")
     export.add_argument("--out", help="target folder (default: RUN_DIR/export)")
+    export.add_argument("--rank", type=int, help="export every module at its best rank-R approximation and print the "
+                        "spectral energy kept (FlexLoRA's global state is at the stacked rank)")
     for name, text in (("flower", "multi-machine runs with Flower (fedlora.flower)"), ("bench", "benchmarks (fedlora.bench)")):
         sub.add_parser(name, help=text, add_help=False).add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -136,9 +138,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from fedlora.export import export_run
 
-    paths = export_run(args.run_dir, args.out, merged=args.merged)
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
+    paths = export_run(args.run_dir, args.out, merged=args.merged, rank=args.rank)
+    for kind in ("adapter", "merged"):
+        if kind in paths:
+            print(f"{kind}: {paths[kind]}")
+    if "energy" in paths:
+        print(f"rank {args.rank}: spectral energy kept {100 * paths['energy']:.2f}% overall, "
+              f"{100 * paths['energy_min']:.2f}% in the module that keeps least")
     print(f"load with: PeftModel.from_pretrained(base_model, {str(paths['adapter'])!r})")
     return 0
 

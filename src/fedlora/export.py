@@ -16,7 +16,7 @@ from fedlora.engine.build import TINY_MODEL, build_strategy, load_base_model, mo
 from fedlora.engine.checkpoint import load_checkpoint
 from fedlora.lora.factors import Adapter
 
-__all__ = ["load_run", "run_global_adapter", "export_run"]
+__all__ = ["load_run", "run_global_adapter", "truncate_adapter", "export_run"]
 
 
 def load_run(run_dir: str | Path) -> tuple[Config, dict]:
@@ -37,17 +37,32 @@ def run_global_adapter(run_dir: str | Path) -> tuple[Config, Adapter, int]:
     return cfg, strategy.global_adapter(), int(ckpt["round"])
 
 
-def export_run(run_dir: str | Path, out: str | Path | None = None, *, merged: bool = False,
-               model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Path]:  # fmt: skip
+def truncate_adapter(adapter: Adapter, rank: int) -> tuple[Adapter, float, float]:
+    """Every module at its best rank-``rank`` approximation; the spectral energy kept overall and in the
+    module that keeps least (``Σ_{i<=rank} σ_i² / Σ σ_i²``)."""
+    from fedlora.lora.linalg import best_rank_factors
+
+    out, kept_total, total, worst = {}, 0.0, 0.0, 1.0
+    for m, f in adapter.items():
+        out[m], kept, whole = best_rank_factors(f, rank)
+        kept_total, total = kept_total + kept, total + whole
+        worst = min(worst, kept / whole if whole > 0 else 1.0)
+    return out, (kept_total / total if total > 0 else 1.0), worst
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, *, merged: bool = False, rank: int | None = None,
+               model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Write ``out/adapter`` (PEFT LoRA folder) and with ``merged`` ``out/merged`` (full model + tokenizer).
 
     Args:
         run_dir: the run folder. out: target folder (default ``run_dir/export``).
         merged: also save the base model with the adapter merged in (``merge_and_unload``).
+        rank: export every module at its best rank-``rank`` approximation (FlexLoRA keeps its state at
+            the stacked rank); the spectral energy kept is returned as ``energy`` and ``energy_min``.
         model_and_tokenizer: the base model to merge into (default: loaded from the run's ``[model]``).
 
     Returns:
-        ``{"adapter": path}`` plus ``"merged"`` when asked.
+        ``{"adapter": path}`` plus ``"merged"`` when asked, and ``energy``/``energy_min`` with ``rank``.
     """
     from fedlora.client.peft_bridge import save_peft_adapter
 
@@ -56,7 +71,10 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, merged: bo
         raise ValueError(f"{run_dir}: the checkpoint after round {round_} holds no trained adapter yet; run at least one round")
     out = Path(out) if out is not None else Path(run_dir) / "export"
     base_name = None if cfg.model.name == TINY_MODEL else model_name_or_path(cfg.model)
-    paths = {"adapter": save_peft_adapter(adapter, out / "adapter", base_name)}
+    energy: dict[str, float] = {}
+    if rank is not None:
+        adapter, energy["energy"], energy["energy_min"] = truncate_adapter(adapter, rank)
+    paths: dict[str, Any] = {"adapter": save_peft_adapter(adapter, out / "adapter", base_name), **energy}
     if merged:
         paths["merged"] = _save_merged(paths["adapter"], out / "merged", model_and_tokenizer or load_base_model(cfg.model))
     return paths

@@ -272,3 +272,16 @@ def extend_rank(f: LoraFactors, rank: int, seed: int, module_name: str) -> LoraF
     A = torch.cat([f.A, fresh], dim=0)
     B = torch.cat([f.B, f.B.new_zeros(f.d_out, rank - f.rank)], dim=1)
     return LoraFactors(A, B, f.alpha * rank / f.rank)
+
+
+def best_rank_factors(f: LoraFactors, rank: int) -> tuple[LoraFactors, float, float]:
+    """The best rank-``rank`` approximation of ``s B A`` (Eckart-Young) as factors, and the spectral energy
+    ``(Σ_{i<=rank} σ_i², Σ_i σ_i²)`` it keeps; factored SVD, no dense ``ΔW``. The result has ``alpha = rank'``
+    (scale 1) with ``rank' = min(rank, f.rank)``."""
+    if rank < 1:
+        raise ValueError(f"best_rank_factors needs rank >= 1, got {rank}")
+    U, S, Vh = svd_of_weighted_sum([f.B], [f.A], [f.scale])
+    k = min(rank, int(S.shape[0]))
+    energy = S.square()
+    out = LoraFactors(Vh[:k].to(f.A.dtype).contiguous(), (U[:, :k] * S[:k]).to(f.B.dtype).contiguous(), float(k))
+    return out, float(energy[:k].sum()), float(energy.sum())

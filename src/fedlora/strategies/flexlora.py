@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.factors import Adapter, LoraFactors, Update
 from fedlora.lora.linalg import extend_rank, svd_of_weighted_sum
+from fedlora.lora.randomized import top_svd_of_weighted_sum
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
@@ -28,11 +29,27 @@ from fedlora.strategies.base import Payload, RoundResult
 __all__ = ["FlexLoRA", "flexlora_aggregate", "flexlora_client_factors"]
 
 
-def flexlora_aggregate(factors: Sequence[LoraFactors], weights: Sequence[float]) -> LoraFactors:
-    """SVD of ``Σ p_k s_k B_k A_k`` as factors ``B = U S [d_out, K]``, ``A = Vh [K, d_in]``, alpha ``K``."""
+def flexlora_aggregate(factors: Sequence[LoraFactors], weights: Sequence[float], state_rank: int = 0,
+                       tol: float = 1e-5, seed: int = 0) -> tuple[LoraFactors, str]:  # fmt: skip
+    """SVD of ``Σ p_k s_k B_k A_k`` as factors ``B = U S [d_out, K]``, ``A = Vh [K, d_in]``, alpha ``K``; and the path.
+
+    ``state_rank = 0``: the exact factored SVD at the full stacked rank ``K = min(R, d_out, d_in)``.
+    ``state_rank = k > 0``: the top ``k`` triplets only; when the stacked rank ``R`` exceeds ``2k`` they come
+    from randomized subspace iteration on the implicit operator (:mod:`fedlora.lora.randomized`), accepted
+    when its a-posteriori bound is ``<= tol`` (else the exact path), otherwise from the exact SVD, truncated.
+    """
     scaled = [w * f.scale for f, w in zip(factors, weights)]
-    U, S, Vh = svd_of_weighted_sum([f.B for f in factors], [f.A for f in factors], scaled, out_dtype=C.STATE_DTYPE)
-    return LoraFactors(Vh, U.mul_(S.to(U.dtype)), float(S.shape[0]))
+    Bs, As = [f.B for f in factors], [f.A for f in factors]
+    R = sum(f.rank for f in factors)
+    path = "exact"
+    if state_rank and R > 2 * state_rank:
+        U, S, Vh, bound = top_svd_of_weighted_sum(Bs, As, scaled, state_rank, tol=tol, seed=seed, out_dtype=C.STATE_DTYPE)
+        path = "randomized" if bound <= tol else "exact"
+    if path == "exact":
+        U, S, Vh = svd_of_weighted_sum(Bs, As, scaled, out_dtype=C.STATE_DTYPE)
+        if state_rank:
+            U, S, Vh = U[:, :state_rank], S[:state_rank], Vh[:state_rank]
+    return LoraFactors(Vh.contiguous(), U.mul(S.to(U.dtype)).contiguous(), float(S.shape[0])), path
 
 
 def flexlora_client_factors(g: LoraFactors, rank: int, alpha: float, seed: int, module: str) -> LoraFactors:
@@ -53,12 +70,21 @@ class FlexLoRA:
     Args:
         seed: seed of the shared fresh init (round 1, and rows beyond the global rank).
         shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
+        state_rank: rank of the kept global state (0: the full stacked rank, exact). Clients never
+            receive more than their own rank, so the largest client rank loses nothing they see;
+            with many clients per round this keeps the state and the exported adapter small and the
+            SVD on the implicit operator (see :func:`flexlora_aggregate`).
+        svd_tol: a-posteriori tolerance of the randomized path (relative to the top singular value).
     """
 
     name = "flexlora"
     heterogeneous_ranks = True
 
-    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
+    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None,
+                 state_rank: int = 0, svd_tol: float = 1e-5) -> None:  # fmt: skip
+        if state_rank < 0 or not svd_tol > 0:
+            raise ValueError(f"FlexLoRA: state_rank must be >= 0 and svd_tol > 0; got {state_rank}, {svd_tol}")
+        self.state_rank, self.svd_tol = int(state_rank), float(svd_tol)
         self.seed = int(seed)
         self._shapes: C.Shapes = C.normalize_shapes(shapes)
         self._global: Adapter = {}
@@ -79,13 +105,15 @@ class FlexLoRA:
         shapes = C.round_shapes(self._shapes, updates)
         valid, rejected = C.validate_round(self._book, server_round, updates, "FlexLoRA", shapes)
         new = dict(self._global)
-        stacked = 0
+        stacked, randomized = 0, 0
         for module, group in C.by_module(valid, self._book.plans).items():
-            new[module] = flexlora_aggregate([f for _, f in group], C.example_weights(group))
+            new[module], path = flexlora_aggregate([f for _, f in group], C.example_weights(group), self.state_rank, self.svd_tol,
+                                                   C.derive_seed(self.seed, "svd", server_round, module))  # fmt: skip
             stacked = max(stacked, sum(f.rank for _, f in group))
+            randomized += path == "randomized"
         self._global = new
         self._shapes.update({m: shapes[m] for m in new})
-        metrics = C.round_metrics(valid, rejected) | {"max_stacked_rank": float(stacked)}
+        metrics = C.round_metrics(valid, rejected) | {"max_stacked_rank": float(stacked), "randomized_svd_modules": float(randomized)}
         return RoundResult([u.client_id for u in valid], rejected, metrics)
 
     def global_adapter(self) -> Adapter:
