@@ -23,6 +23,7 @@ from fedlora.engine import build
 from fedlora.engine.checkpoint import (CheckpointError, config_differences, load_checkpoint, remove_stale_temp_files,
                                       rng_state, save_checkpoint, set_rng_state)
 from fedlora.engine.lock import RunFolderLocked, RunLock
+from fedlora.engine.evaluation import evaluation_adapters, mean_over_models
 from fedlora.engine.preflight import preflight, preflight_data_and_output
 from fedlora.strategies.guard import guarded_aggregate
 from fedlora.engine.data import FederatedData, build_data
@@ -104,36 +105,6 @@ def _per_task(examples: list, limit: int) -> list:
         if counts[ex.task] <= limit:
             kept.append(ex)
     return kept
-
-
-def evaluation_adapters(strategy: Any) -> dict[str, Any]:
-    """The adapters a run is evaluated with: ``strategy.evaluation_adapters()`` when the method has no
-    single global model (local-only: one per client), else ``{"global": strategy.global_adapter()}``;
-    ``{"base": {}}`` (the bare base model) before any client has trained."""
-    per_client = getattr(strategy, "evaluation_adapters", None)
-    adapters = per_client() if per_client is not None else {"global": strategy.global_adapter()}
-    return adapters or {"base": {}}
-
-
-def mean_over_models(results: list[dict[str, float]]) -> dict[str, float]:
-    """One model's metrics as they are; for several, each metric's mean over the models, its ``_se``
-    the standard error of that mean across models, and ``n_models``."""
-    if len(results) == 1:
-        return results[0]
-    from fedlora.eval.stats import mean_se
-
-    out: dict[str, float] = {"n_models": len(results)}
-    for key in results[0]:
-        if key.endswith("_se"):
-            continue
-        values = [r[key] for r in results if r.get(key) is not None]
-        if key.endswith(("n_examples", "n_cls", "n_gen", "n_tokens", "majority", "chance")):
-            out[key] = values[0]
-        elif values:
-            out[key], se = mean_se(values)
-            if f"{key}_se" in results[0]:
-                out[f"{key}_se"] = se
-    return out
 
 
 def _due(server_round: int, every: int, last: int) -> bool:
