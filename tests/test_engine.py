@@ -71,13 +71,17 @@ STRATEGIES = {
     "flora": {},
     "ffa": {},
     "fedpilot": {"clients": {"budgets": ["1.5MiB", "2MiB", "3MiB", "4MiB"], "fedpilot_rank": 4}},
+    "fedex": {},
+    "rolora": {},
+    "fedsvd": {},
+    "fedprox": {"strategy": {"name": "fedprox", "mu": 0.01, "base": "flexlora"}},
     "local": {},
 }
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_each_strategy_runs_three_rounds_and_the_loss_goes_down(name, data_file, tmp_path):
-    cfg = tiny_config(data_file, strategy={"name": name}, **STRATEGIES[name])
+    cfg = tiny_config(data_file, **{"strategy": {"name": name}, **STRATEGIES[name]})
     result = Engine(cfg, tmp_path / name).run()
     losses = _train_losses(result.records)
     assert result.completed_rounds == 3 and len(losses) == 3

@@ -34,12 +34,12 @@ def make_plan(cid: str, ranks: Mapping[str, int], alpha_per_rank: float = 2.0) -
 
 
 def simulate_client(payload: Payload, gen: torch.Generator, n: int, shapes: Mapping[str, tuple[int, int]] = SHAPES) -> Update:
-    """What a trainer would send: start from ``init`` (or the seeded fresh init), move B (and A if trained)."""
+    """What a trainer would send: start from ``init`` (or the seeded fresh init), move the trained factors."""
     factors = {}
     for m, r in payload.plan.ranks.items():
         start = payload.init.get(m) or init_lora_factors(*shapes[m], r, payload.plan.alphas[m], payload.seed, m)
         A = start.A + (0.1 * torch.randn(start.A.shape, generator=gen) if payload.train_A else 0.0)
-        B = start.B + torch.randn(start.B.shape, generator=gen)
+        B = start.B + (torch.randn(start.B.shape, generator=gen) if payload.train_B else 0.0)
         factors[m] = LoraFactors(A, B, float(payload.plan.alphas[m]))
     return Update(payload.plan.client_id, factors, n)
 

@@ -8,9 +8,11 @@ from fedlora.strategies import FedIT, FFALoRA, FlexLoRA, FLoRA, HetLoRA, STRATEG
 
 
 def test_names_and_classes():
-    assert STRATEGY_NAMES == ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "local")
+    assert STRATEGY_NAMES == ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd", "fedprox", "local")
     for name, cls in zip(STRATEGY_NAMES, (FedIT, FlexLoRA, HetLoRA, FLoRA, FFALoRA)):
         assert strategy_class(name) is cls and cls.name == name
+    for name in STRATEGY_NAMES:
+        assert strategy_class(name).name == name
 
 
 def test_make_strategy_passes_keyword_arguments():
@@ -35,3 +37,13 @@ def test_fedpilot_is_either_available_or_a_clear_import_error():
         assert "fedlora.strategies.fedpilot" in str(err) and "FedPilot" in str(err)
     else:
         assert cls.__name__ == "FedPilot"
+
+
+def test_config_accepts_exactly_the_registered_names():
+    import dataclasses
+
+    from fedlora.config import StrategySection
+
+    (name_field,) = [f for f in dataclasses.fields(StrategySection) if f.name == "name"]
+    assert set(name_field.metadata["choices"]) == set(STRATEGY_NAMES)
+    assert all(n in name_field.metadata["help"] for n in STRATEGY_NAMES)

@@ -160,6 +160,30 @@ def test_hetlora_penalty_increases_the_loss_and_pruning_shrinks_rank():
     assert f.rank == 4 and f.B.shape == (64, 4) and f.scale == pytest.approx(plan.alphas[Q0] / 8)
 
 
+def test_proximal_term_matches_a_hand_computation_and_keeps_factors_near_the_start():
+    # Prepare: one layer-like object with A, B moved away from the start by known amounts
+    from fedlora.client.peft_bridge import ADAPTER_NAME
+    from fedlora.client.rules import ProximalTerm, client_rules
+
+    layer = torch.nn.Module()
+    layer.lora_A = torch.nn.ModuleDict({ADAPTER_NAME: torch.nn.Linear(3, 2, bias=False)})
+    layer.lora_B = torch.nn.ModuleDict({ADAPTER_NAME: torch.nn.Linear(2, 4, bias=False)})
+    start = LoraFactors(layer.lora_A[ADAPTER_NAME].weight.detach() - 0.5, layer.lora_B[ADAPTER_NAME].weight.detach() + 0.25, 4.0)
+    # Execute / Assert: μ/2 (||ΔA||² + ||ΔB||²) = 0.3/2 (6·0.25 + 8·0.0625)
+    got = ProximalTerm(0.3).penalty({"m": layer}, ["m"], {"m": start})
+    assert float(got) == pytest.approx(0.15 * (6 * 0.25 + 8 * 0.0625), rel=1e-6)
+    assert [type(r).__name__ for r in client_rules({"proximal_mu": 0.3, "hetlora_lambda": 0.1})] == ["TailPenalty", "ProximalTerm"]
+    assert client_rules({"proximal_mu": 0.0}) == []
+    # In training: a strong proximal term keeps the trained factors closer to where they started
+    trainer = _trainer(local_steps=3)
+    plan = _plan(ranks={Q0: 4})
+    init = _nonzero_init(trainer.model, plan)
+    free = trainer.train(Payload(plan, init=init), DATA, client_seed=0)
+    held = trainer.train(Payload(plan, init=init, options={"proximal_mu": 1e4}), DATA, client_seed=0)
+    drift = lambda u: float(torch.linalg.vector_norm(u.factors[Q0].B - init[Q0].B))  # noqa: E731
+    assert drift(held) < 0.5 * drift(free) and held.metrics["train_penalty"] >= 0
+
+
 def test_payload_init_alpha_is_converted_to_the_plan_alpha():
     trainer = _trainer()
     plan = _plan(ranks={Q0: 4})

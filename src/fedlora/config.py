@@ -43,7 +43,6 @@ __all__ = [
 
 RANK_DISTRIBUTIONS = ("uniform", "heavy-tail-light", "heavy-tail-strong", "normal")
 ALLOCATIONS = ("auto", "flexlora", "uniform", "fedpilot")
-HOMOGENEOUS_STRATEGIES = ("fedit", "ffa")  # one rank per module across clients
 
 
 class ConfigError(ValueError):
@@ -157,9 +156,9 @@ class ClientsSection:
 class StrategySection:
     """``[strategy]``: the federated method; any other key is a constructor argument of that method."""
 
-    name: str = opt("flexlora", "fedit | flexlora | hetlora | flora | ffa | fedpilot | local (no aggregation: each client "
-                    "alone, the floor; evaluated as the mean over the clients' own models)",
-                    choices=("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "local"))
+    name: str = opt("flexlora", "fedit | flexlora | hetlora | flora | ffa | fedpilot | fedex | rolora | fedsvd | fedprox | "
+                    "local (no aggregation: each client alone, the floor; evaluated as the mean over the clients' own models)",
+                    choices=("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd", "fedprox", "local"))
     norm_bound: float = opt(100.0, "reject an update whose scale-aware norm exceeds this many times the round's median "
                             "(with >= 3 updates; 0 disables); see fedlora.strategies.guard", ge=0)
     params: dict = opt({}, "method arguments (e.g. HetLoRA `gamma`, `regularization`, `prune`), written as plain keys")
@@ -341,13 +340,29 @@ def _strategy_errors(s: StrategySection) -> list[str]:
     return errors
 
 
+def needs_one_rank(cfg: "Config") -> bool:
+    """Whether ``strategy.name`` needs one rank per module across clients (its ``heterogeneous_ranks``
+    is false; FedProx answers for its ``base`` method)."""
+    from fedlora.strategies.registry import STRATEGY_NAMES, strategy_class
+
+    name = cfg.strategy.name
+    if name == "fedprox":
+        name = str(cfg.strategy.params.get("base", "fedit")).lower()
+    if name not in STRATEGY_NAMES:
+        return False
+    try:
+        return not getattr(strategy_class(name), "heterogeneous_ranks", True)
+    except ImportError:
+        return False
+
+
 def resolved_allocation(cfg: "Config") -> str:
     """``clients.allocation`` with ``auto`` resolved for the strategy."""
     if cfg.clients.allocation != "auto":
         return cfg.clients.allocation
     if cfg.strategy.name == "fedpilot":
         return "fedpilot"
-    return "uniform" if cfg.strategy.name in HOMOGENEOUS_STRATEGIES else "flexlora"
+    return "uniform" if needs_one_rank(cfg) else "flexlora"
 
 
 def _clients_errors(cfg: "Config") -> list[str]:
@@ -365,7 +380,7 @@ def _clients_errors(cfg: "Config") -> list[str]:
     if isinstance(per, int) and per > n:
         errors.append(f"clients.clients_per_round = {per}: more than data.num_clients = {n}")
     allocation = resolved_allocation(cfg)
-    if cfg.strategy.name in HOMOGENEOUS_STRATEGIES and allocation != "uniform":
+    if needs_one_rank(cfg) and allocation != "uniform":
         errors.append(f"clients.allocation = {c.allocation!r}: strategy {cfg.strategy.name!r} needs one rank for all "
                       "clients; use 'uniform' (every client at the minimum rank, the bucket effect) or 'auto'")
     if allocation == "fedpilot":

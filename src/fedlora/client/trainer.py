@@ -23,10 +23,11 @@ import torch
 from fedlora.client.base_delta import BaseDelta
 from fedlora.client.layer_pool import LoraLayerPool
 from fedlora.client.peft_bridge import ADAPTER_NAME, plan_of_adapter
+from fedlora.client.rules import client_rules, total_penalty
 from fedlora.data.example import Example
 from fedlora.data.formatting import IGNORE_INDEX, collate, encode_example
 from fedlora.lora.factors import Adapter, LoraFactors, Update
-from fedlora.lora.linalg import init_lora_factors, rescale_alpha, truncate_rank
+from fedlora.lora.linalg import init_lora_factors, rescale_alpha
 from fedlora.strategies.base import Payload
 
 __all__ = ["TrainConfig", "LocalTrainer", "answer_loss"]
@@ -127,9 +128,12 @@ class LocalTrainer:
         ``on_step(loss)`` is called after each step's forward pass (progress reporting).
 
         Deterministic: the same payload, data and seed give the same update (bitwise on CPU).
-        Metrics: ``train_loss`` (mean objective over steps, incl. any HetLoRA penalty),
+        The method's client-side rules (:mod:`fedlora.client.rules`, from ``payload.options``) add
+        their loss terms and transform the trained factors before they are returned.
+
+        Metrics: ``train_loss`` (mean objective over steps, incl. the rules' terms),
         ``train_loss_first``/``train_loss_last``, ``steps``, ``seconds``, ``setup_seconds``
-        (encode + install), and ``train_penalty`` (mean HetLoRA penalty) when it applies.
+        (encode + install), and ``train_penalty`` (mean of the rules' terms) when one applies.
         """
         start = time.perf_counter()
         plan, cfg = payload.plan, self.config
@@ -140,15 +144,15 @@ class LocalTrainer:
         data = self._encode(examples, plan.client_id)
         self.base.apply(payload.base_delta, ("version", payload.base_delta_version) if payload.base_delta else None)
         factors = self._initial_factors(payload)
+        rules = client_rules(payload.options)
         with self._guard(), self.layers.installed(plan, factors, dropout=cfg.dropout, trainable=trainable,
                                                   train_A=payload.train_A, train_B=payload.train_B) as layers:
             setup = time.perf_counter() - start
-            hetlora = _hetlora_options(payload.options)
-            losses, penalties = self._loop(layers, trainable, data, hetlora, client_seed, on_step)
+            losses, penalties = self._loop(layers, trainable, data, rules, factors, client_seed, on_step)
             trained = {m: LoraFactors(_weight(layers[m], "lora_A"), _weight(layers[m], "lora_B"), factors[m].alpha)
                        for m in sorted(trainable)}
-        if hetlora and hetlora["prune"]:
-            trained = _prune(trained, factors, hetlora)
+        for rule in rules:
+            trained = rule.finish(trained, factors)
         metrics = {"train_loss": sum(losses) / len(losses), "train_loss_first": losses[0], "train_loss_last": losses[-1],
                    "steps": float(len(losses)), "seconds": time.perf_counter() - start, "setup_seconds": setup}
         if penalties:
@@ -225,9 +229,10 @@ class LocalTrainer:
             out[m] = f
         return out
 
-    def _loop(self, layers, trainable, data, hetlora, client_seed: int, on_step=None) -> tuple[list[float], list[float]]:
+    def _loop(self, layers, trainable, data, rules, initial: Adapter, client_seed: int, on_step=None) -> tuple[list[float], list[float]]:
         cfg, model = self.config, self.model
-        params = [p for m in sorted(trainable) for p in layers[m].parameters() if p.requires_grad]
+        modules = sorted(trainable)
+        params = [p for m in modules for p in layers[m].parameters() if p.requires_grad]
         optimizer = _make_optimizer(cfg, params)
         batches = batch_schedule(len(data), cfg.batch_size, cfg.local_steps, torch.Generator().manual_seed(client_seed))
         pad_id, device = self.tokenizer.pad_token_id, self.device
@@ -238,10 +243,10 @@ class LocalTrainer:
                 loss = answer_loss(model, batch)
                 if on_step is not None:
                     on_step(float(loss.detach()))
-                if hetlora and hetlora["lambda"] > 0:
-                    penalty = sum(_tail_penalty(layers[m], hetlora["gamma"]) for m in sorted(trainable))
+                penalty = total_penalty(rules, layers, modules, initial) if rules else None
+                if penalty is not None:
                     penalties.append(float(penalty.detach()))
-                    loss = loss + hetlora["lambda"] * penalty
+                    loss = loss + penalty
                 loss.backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -313,31 +318,3 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-def _hetlora_options(options: Mapping) -> dict | None:
-    if not any(k.startswith("hetlora_") for k in options):
-        return None
-    return {"gamma": float(options.get("hetlora_gamma", 0.99)), "lambda": float(options.get("hetlora_lambda", 0.0)),
-            "prune": bool(options.get("hetlora_prune", False)), "threshold": options.get("hetlora_prune_threshold")}
-
-
-def _tail_penalty(layer, gamma: float) -> torch.Tensor:
-    from fedlora.strategies.hetlora import tail_norm_penalty
-
-    return tail_norm_penalty(layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight, gamma)
-
-
-def _prune(trained: Adapter, initial: Adapter, hetlora: dict) -> Adapter:
-    """HetLoRA self-pruning: shrink a module's rank when its tail norm fell below the threshold
-    (``hetlora_prune_threshold``, else the tail norm the client started from). Scale kept."""
-    from fedlora.strategies.hetlora import prune_rank, tail_norm_penalty
-
-    out = {}
-    for m, f in trained.items():
-        threshold = hetlora["threshold"]
-        if threshold is None:
-            threshold = float(tail_norm_penalty(initial[m].A.float(), initial[m].B.float(), hetlora["gamma"]))
-        r = prune_rank(f.A, f.B, hetlora["gamma"], float(threshold))
-        out[m] = truncate_rank(f, r) if r < f.rank else f
-    return out

@@ -49,6 +49,8 @@ def validate_update(
     train_A: bool = True,
     expected_A: Mapping[str, torch.Tensor] | None = None,
     exact_rank: bool = False,
+    train_B: bool = True,
+    expected_B: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Raise :class:`InvalidUpdateError` on the first mismatch between ``update`` and ``plan``.
 
@@ -58,6 +60,8 @@ def validate_update(
         expected_shapes: module -> ``(d_out, d_in)`` of the base layer, where known.
         train_A: ``False`` when ``A`` was frozen (FFA-LoRA): then ``A`` must equal ``expected_A``.
         expected_A: module -> the frozen ``A`` at the plan's rank (rows beyond the update's rank ignored).
+        train_B, expected_B: the same for a frozen ``B`` (RoLoRA's ``A`` rounds), ``B`` at the plan's
+            alpha (columns beyond the update's rank ignored).
         exact_rank: require rank == plan rank (FedAvg-style methods); otherwise a lower rank is
             allowed (HetLoRA self-pruning) and only a higher one is rejected.
 
@@ -82,7 +86,9 @@ def validate_update(
     for module in sorted(update.factors):
         _check_module(cid, module, update.factors[module], plan, expected_shapes, exact_rank)
         if not train_A and expected_A is not None and module in expected_A:
-            _check_frozen_A(cid, module, update.factors[module].A, expected_A[module])
+            _check_frozen(cid, module, "A", update.factors[module].A, expected_A[module][: update.factors[module].rank])
+        if not train_B and expected_B is not None and module in expected_B:
+            _check_frozen(cid, module, "B", update.factors[module].B, expected_B[module][:, : update.factors[module].rank])
 
 
 def _check_module(
@@ -123,12 +129,13 @@ def _check_module(
             raise InvalidUpdateError(cid, module, f"{name} has {bad} NaN/Inf values", "lower the learning rate or enable gradient clipping")
 
 
-def _check_frozen_A(cid: str, module: str, A: torch.Tensor, expected: torch.Tensor) -> None:
-    """``A`` must equal the frozen ``A`` up to the rounding of the update's dtype."""
-    ref = expected[: A.shape[0]].to(torch.float32)
-    if ref.shape != A.shape:
-        raise InvalidUpdateError(cid, module, f"frozen A has shape {tuple(ref.shape)}, update's A {tuple(A.shape)}", "send A unchanged")
-    tol = torch.finfo(A.dtype).eps * float(ref.abs().max()) + 1e-12
-    err = float((A.to(torch.float32) - ref).abs().max())
+def _check_frozen(cid: str, module: str, name: str, got: torch.Tensor, expected: torch.Tensor) -> None:
+    """A frozen factor must equal what the server sent, up to the rounding of the update's dtype."""
+    ref = expected.to(torch.float32)
+    if ref.shape != got.shape:
+        raise InvalidUpdateError(cid, module, f"frozen {name} has shape {tuple(ref.shape)}, update's {name} {tuple(got.shape)}", f"send {name} unchanged")
+    tol = torch.finfo(got.dtype).eps * (float(ref.abs().max()) if ref.numel() else 0.0) + 1e-12
+    err = float((got.to(torch.float32) - ref).abs().max()) if ref.numel() else 0.0
     if err > tol:
-        raise InvalidUpdateError(cid, module, f"A differs from the frozen A by {err:.3g} (tolerance {tol:.3g})", "keep A frozen (payload.train_A is False) and send it unchanged")
+        raise InvalidUpdateError(cid, module, f"{name} differs from the frozen {name} by {err:.3g} (tolerance {tol:.3g})",
+                                 f"keep {name} frozen (payload.train_{name} is False) and send it unchanged")  # fmt: skip

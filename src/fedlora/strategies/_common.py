@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -87,12 +87,14 @@ def validate_round(
     updates: Sequence[Update],
     method: str,
     shapes: Mapping[str, tuple[int, int]],
+    per_client: Mapping[str, Mapping[str, Any]] | None = None,
     **checks: Any,
 ) -> tuple[list[Update], dict[str, str]]:
     """Split ``updates`` into valid ones (sorted by client id) and rejected ``{client_id: reason}``.
 
     Rejects unknown clients, duplicate client ids and anything :func:`validate_update` refuses
-    (``checks`` are passed to it, e.g. ``exact_rank=True``, ``train_A=False``, ``expected_A=``).
+    (``checks`` are passed to it, e.g. ``exact_rank=True``, ``train_A=False``, ``expected_A=``;
+    ``per_client[client_id]`` adds checks for one client, e.g. the frozen ``B`` it was sent).
     """
     book.check_round(server_round, method)
     counts = Counter(u.client_id for u in updates)
@@ -106,7 +108,7 @@ def validate_round(
             )
         else:
             try:
-                validate_update(u, book.plans[u.client_id], expected_shapes=shapes, **checks)
+                validate_update(u, book.plans[u.client_id], expected_shapes=shapes, **checks, **(per_client or {}).get(u.client_id, {}))
                 valid.append(u)
             except InvalidUpdateError as err:
                 rejected[u.client_id] = str(err)
@@ -150,6 +152,15 @@ def homogeneous_ranks(plans: Sequence[ClientPlan], known: Mapping[str, int], met
             f"method such as 'flexlora' or 'hetlora'"
         )
     return {m: next(iter(rs)) for m, rs in ranks.items()}
+
+
+def max_ranks(plans: Iterable[ClientPlan]) -> dict[str, int]:
+    """Module -> the largest rank any of ``plans`` gives it."""
+    out: dict[str, int] = {}
+    for p in plans:
+        for m, r in p.ranks.items():
+            out[m] = max(out.get(m, 0), int(r))
+    return out
 
 
 def derive_seed(seed: int, *parts: object) -> int:

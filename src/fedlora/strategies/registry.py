@@ -14,7 +14,8 @@ from fedlora.strategies.base import Strategy
 
 __all__ = ["STRATEGY_NAMES", "strategy_class", "make_strategy"]
 
-STRATEGY_NAMES: tuple[str, ...] = ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "local")
+STRATEGY_NAMES: tuple[str, ...] = ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd",
+                                   "fedprox", "local")
 """Every registered federated LoRA method, in the order reports list them."""
 
 _LOCATIONS: dict[str, tuple[str, str]] = {
@@ -24,6 +25,10 @@ _LOCATIONS: dict[str, tuple[str, str]] = {
     "flora": ("fedlora.strategies.flora", "FLoRA"),
     "ffa": ("fedlora.strategies.ffa", "FFALoRA"),
     "fedpilot": ("fedlora.strategies.fedpilot", "FedPilot"),
+    "fedex": ("fedlora.strategies.fedex", "FedExLoRA"),
+    "rolora": ("fedlora.strategies.rolora", "RoLoRA"),
+    "fedsvd": ("fedlora.strategies.fedsvd", "FedSVD"),
+    "fedprox": ("fedlora.strategies.fedprox", "FedProx"),
     "local": ("fedlora.strategies.local", "LocalOnly"),
 }
 

@@ -1,0 +1,138 @@
+"""Client-side parts of federated LoRA methods, called by the trainer without knowing the method.
+
+A method's client-side behaviour is a list of small rules built from ``payload.options`` (plain
+values, so they cross Flower's wire unchanged). Each rule may add a term to the local loss
+(:meth:`ClientRule.penalty`) and may transform the trained factors before they are sent
+(:meth:`ClientRule.finish`). Which factors train is the payload's ``train_A`` / ``train_B``.
+
+Rules (option keys in brackets):
+
+* :class:`TailPenalty` (``hetlora_lambda``, ``hetlora_gamma``): HetLoRA's rank regulariser
+  ``λ Σ_m ||B_m[:, ⌊γr⌋:]||_F ||A_m[⌊γr⌋:]||_F`` (Cho et al., EMNLP 2024).
+* :class:`RankPruning` (``hetlora_prune``, ``hetlora_gamma``, ``hetlora_prune_threshold``):
+  HetLoRA's self-pruning of the rank after training.
+* :class:`ProximalTerm` (``proximal_mu``): FedProx's ``μ/2 Σ_m (||A_m − A_m⁰||² + ||B_m − B_m⁰||²)``
+  toward the round's starting factors (Li et al., MLSys 2020), on the trainable factors.
+
+A new rule is a class with ``from_options`` (``None`` when its keys are absent) plus the two
+methods, appended to :data:`RULE_TYPES`.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol, Sequence
+
+import torch
+
+from fedlora.client.peft_bridge import ADAPTER_NAME
+from fedlora.lora.factors import Adapter
+from fedlora.lora.linalg import truncate_rank
+
+__all__ = ["ClientRule", "TailPenalty", "RankPruning", "ProximalTerm", "RULE_TYPES", "client_rules", "total_penalty"]
+
+
+class ClientRule(Protocol):
+    """One client-side part of a method."""
+
+    def penalty(self, layers: Mapping[str, torch.nn.Module], modules: Sequence[str], initial: Adapter) -> torch.Tensor | None:
+        """A differentiable term added to the local loss (``None``: none)."""
+        ...
+
+    def finish(self, trained: Adapter, initial: Adapter) -> Adapter:
+        """The factors to send, from the trained ones and the round's starting ones."""
+        ...
+
+
+def _lora_weights(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    return layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight
+
+
+class TailPenalty:
+    """HetLoRA's tail-norm penalty ``λ Σ_m ||B[:, ⌊γr⌋:]||_F · ||A[⌊γr⌋:]||_F``."""
+
+    def __init__(self, lam: float, gamma: float) -> None:
+        self.lam, self.gamma = float(lam), float(gamma)
+
+    @classmethod
+    def from_options(cls, options: Mapping) -> "TailPenalty | None":
+        lam = float(options.get("hetlora_lambda", 0.0))
+        return cls(lam, float(options.get("hetlora_gamma", 0.99))) if lam > 0 else None
+
+    def penalty(self, layers, modules, initial):
+        from fedlora.strategies.hetlora import tail_norm_penalty
+
+        return self.lam * sum(tail_norm_penalty(*_lora_weights(layers[m]), self.gamma) for m in modules)
+
+    def finish(self, trained: Adapter, initial: Adapter) -> Adapter:
+        return trained
+
+
+class RankPruning:
+    """HetLoRA self-pruning: a module's rank shrinks to ``max(1, ⌊γr⌋)`` when its tail norm fell below
+    ``threshold`` (else below the tail norm the client started from). The scale is kept."""
+
+    def __init__(self, gamma: float, threshold: float | None) -> None:
+        self.gamma, self.threshold = float(gamma), None if threshold is None else float(threshold)
+
+    @classmethod
+    def from_options(cls, options: Mapping) -> "RankPruning | None":
+        if not options.get("hetlora_prune", False):
+            return None
+        return cls(float(options.get("hetlora_gamma", 0.99)), options.get("hetlora_prune_threshold"))
+
+    def penalty(self, layers, modules, initial):
+        return None
+
+    def finish(self, trained: Adapter, initial: Adapter) -> Adapter:
+        from fedlora.strategies.hetlora import prune_rank, tail_norm_penalty
+
+        out = {}
+        for m, f in trained.items():
+            threshold = self.threshold
+            if threshold is None:
+                threshold = float(tail_norm_penalty(initial[m].A.float(), initial[m].B.float(), self.gamma))
+            r = prune_rank(f.A, f.B, self.gamma, threshold)
+            out[m] = truncate_rank(f, r) if r < f.rank else f
+        return out
+
+
+class ProximalTerm:
+    """FedProx on LoRA factors: ``μ/2 Σ_m (||A_m − A_m⁰||_F² + ||B_m − B_m⁰||_F²)`` over trainable factors."""
+
+    def __init__(self, mu: float) -> None:
+        if not mu >= 0:
+            raise ValueError(f"proximal_mu must be >= 0, got {mu}")
+        self.mu = float(mu)
+
+    @classmethod
+    def from_options(cls, options: Mapping) -> "ProximalTerm | None":
+        mu = float(options.get("proximal_mu", 0.0))
+        return cls(mu) if mu > 0 else None
+
+    def penalty(self, layers, modules, initial):
+        total = None
+        for m in modules:
+            A, B = _lora_weights(layers[m])
+            for w, w0 in ((A, initial[m].A), (B, initial[m].B)):
+                if w.requires_grad:
+                    term = (w - w0.to(w.device, w.dtype)).square().sum()
+                    total = term if total is None else total + term
+        return None if total is None else 0.5 * self.mu * total
+
+    def finish(self, trained: Adapter, initial: Adapter) -> Adapter:
+        return trained
+
+
+RULE_TYPES: tuple[type, ...] = (TailPenalty, ProximalTerm, RankPruning)
+"""Every client rule, in the order they apply."""
+
+
+def client_rules(options: Mapping) -> list[ClientRule]:
+    """The rules ``options`` switch on (empty for plain LoRA training)."""
+    return [rule for cls in RULE_TYPES if (rule := cls.from_options(options)) is not None]
+
+
+def total_penalty(rules: Sequence[ClientRule], layers, modules: Sequence[str], initial: Adapter) -> torch.Tensor | None:
+    """Sum of the rules' loss terms, ``None`` when no rule adds one."""
+    terms = [t for r in rules if (t := r.penalty(layers, modules, initial)) is not None]
+    return sum(terms[1:], terms[0]) if terms else None

@@ -1,0 +1,84 @@
+"""Small pure primitives that federated LoRA methods are composed from (tensors in, tensors out).
+
+Conventions (DESIGN.md section 2): client ``k`` sends ``A_k [r_k, d_in]``, ``B_k [d_out, r_k]`` with
+scale ``s_k = alpha_k / r_k``; ``p_k`` are the aggregation weights (summing to 1). The ideal global
+update is ``ΔW = Σ_k p_k s_k B_k A_k``. Server state keeps ``alpha = r`` (scale 1).
+
+* :func:`padded_average`: ``A = Σ p_k pad(A_k)``, ``B = Σ p_k s_k pad(B_k)`` at a common rank (FedAvg
+  when ranks are equal; HetLoRA-style zero padding otherwise).
+* :func:`stacked_residual`: ``Σ p_k s_k B_k A_k − B A`` as exact low-rank factors (FedEx-LoRA).
+* :func:`orthonormal_refactor`: the same product ``B A`` re-factored as ``(U S) Vh`` (FedSVD).
+* :func:`client_head`: the leading ``r_j`` components of a global adapter at client ``j``'s alpha,
+  grown with fresh ``A`` rows when the global rank is smaller.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from fedlora.lora.factors import LoraFactors
+from fedlora.lora.linalg import extend_rank, svd_of_weighted_sum
+
+__all__ = ["padded_average", "stacked_residual", "orthonormal_refactor", "client_head"]
+
+_MATH = torch.float64
+
+
+def padded_average(factors: Sequence[LoraFactors], weights: Sequence[float], rank: int,
+                   out_dtype: torch.dtype = torch.float32) -> LoraFactors:  # fmt: skip
+    """``A = Σ_k p_k [A_k; 0]``, ``B = Σ_k p_k s_k [B_k, 0]`` zero-padded to ``rank``; ``alpha = rank``.
+
+    When every client shares one factor (the other was frozen and equal), the product of the result
+    is exactly ``Σ p_k s_k B_k A_k``: ``[B_k, 0] A = B_k A[:r_k]``.
+    """
+    if not factors or len(factors) != len(weights):
+        raise ValueError(f"padded_average needs one weight per factor pair; got {len(factors)} and {len(weights)}")
+    if rank < max(f.rank for f in factors):
+        raise ValueError(f"padded_average: rank {rank} is below a client's rank {max(f.rank for f in factors)}")
+    d_out, d_in = factors[0].d_out, factors[0].d_in
+    A = torch.zeros(rank, d_in, dtype=_MATH)
+    B = torch.zeros(d_out, rank, dtype=_MATH)
+    for f, w in zip(factors, weights):
+        A[: f.rank] += float(w) * f.A.to(_MATH)
+        B[:, : f.rank] += (float(w) * f.scale) * f.B.to(_MATH)
+    return LoraFactors(A.to(out_dtype), B.to(out_dtype), float(rank))
+
+
+def stacked_residual(factors: Sequence[LoraFactors], weights: Sequence[float], approx: LoraFactors,
+                     out_dtype: torch.dtype = torch.float32) -> LoraFactors:  # fmt: skip
+    """``R = Σ_k p_k s_k B_k A_k − s B A`` as factors of rank ``Σ r_k + r`` with ``alpha = rank`` (scale 1).
+
+    ``B_R = [s_1 B_1, …, s_K B_K, −s B]``, ``A_R = [p_1 A_1; …; p_K A_K; A]``: no dense matrix is formed.
+    """
+    B = torch.cat([f.scale * f.B.to(_MATH) for f in factors] + [-approx.scale * approx.B.to(_MATH)], dim=1)
+    A = torch.cat([float(w) * f.A.to(_MATH) for f, w in zip(factors, weights)] + [approx.A.to(_MATH)], dim=0)
+    return LoraFactors(A.to(out_dtype), B.to(out_dtype), float(A.shape[0]))
+
+
+def orthonormal_refactor(f: LoraFactors, out_dtype: torch.dtype = torch.float32) -> LoraFactors:
+    """``s B A = (U S) Vh`` at the same rank: ``A' = Vh`` (orthonormal rows), ``B' = U S``, ``alpha = r``.
+
+    Factored SVD (:func:`fedlora.lora.linalg.svd_of_weighted_sum`), exact up to rounding; singular
+    values come sorted, so the first ``k`` components are the best rank-``k`` part (Eckart-Young).
+    """
+    U, S, Vh = svd_of_weighted_sum([f.B], [f.A], [f.scale])
+    k, r = int(S.shape[0]), f.rank
+    A = torch.zeros(r, f.d_in, dtype=_MATH)
+    B = torch.zeros(f.d_out, r, dtype=_MATH)
+    A[:k], B[:, :k] = Vh[:r], (U * S)[:, :r]
+    return LoraFactors(A.to(out_dtype), B.to(out_dtype), float(r))
+
+
+def client_head(f: LoraFactors, rank: int, alpha: float, seed: int, module: str) -> LoraFactors:
+    """The first ``rank`` components of ``f`` expressed at ``alpha`` (``B`` divided by ``s_j = alpha / rank``).
+
+    When ``f`` has fewer components, ``A`` grows with the fresh-init rows of ``(seed, module)`` and ``B``
+    with zero columns (:func:`fedlora.lora.linalg.extend_rank`), so the product is unchanged and the new
+    directions still train.
+    """
+    s_j = float(alpha) / int(rank)
+    k = min(int(rank), f.rank)
+    head = LoraFactors(f.A[:k], f.B[:, :k] * (f.scale / s_j), s_j * k)
+    return extend_rank(head, int(rank), seed, module)

@@ -1,0 +1,85 @@
+"""FedEx-LoRA (Singhal et al., "FedEx-LoRA: Exact Aggregation for Federated and Efficient
+Fine-Tuning of Large Language Models", ACL 2025).
+
+FedAvg of the factors, ``Ā = Σ p_k A_k``, ``B̄ = Σ p_k s_k B_k``, plus the residual that FedAvg
+misses, ``R = Σ_k p_k s_k B_k A_k − B̄ Ā``, folded into the frozen base weights, so the global update
+``W_0 + Σ_t R_t + B̄ Ā`` is exactly the average of the clients' updates (shapes: ``A_k [r, d_in]``,
+``B_k [d_out, r]``, ``R [d_out, d_in]``).
+
+Here the cumulative residual is kept as exact low-rank factors (:func:`fedlora.lora.compose.stacked_residual`,
+re-compressed without loss by :func:`fedlora.strategies.flora.merge_stacked` once its rank exceeds
+``min(d_out, d_in)``) and sent as ``payload.base_delta``; clients start from ``(Ā, B̄)`` on that base.
+
+Heterogeneous ranks: not supported (ValueError, as FedIT). The residual would make a zero-padded
+average exact, but each client would then start from the leading ``r_j`` part of ``B̄ Ā`` and lose
+the rest unless its own base carried it: one base per rank group. Give every client the minimum rank.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from fedlora.allocation.plan import ClientPlan
+from fedlora.lora.compose import padded_average, stacked_residual
+from fedlora.lora.factors import Adapter, Update
+from fedlora.lora.linalg import rescale_alpha
+from fedlora.modelspec import ModelSpec
+from fedlora.strategies import _common as C
+from fedlora.strategies.base import Payload, RoundResult
+from fedlora.strategies.flora import merge_stacked
+
+__all__ = ["FedExLoRA"]
+
+
+class FedExLoRA:
+    """FedAvg of ``A`` and ``B`` with the exact residual folded into the base (homogeneous rank).
+
+    Args:
+        seed: seed of the shared fresh init.
+        shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
+    """
+
+    name = "fedex"
+    heterogeneous_ranks = False
+
+    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
+        self.seed = int(seed)
+        self._shapes: C.Shapes = C.normalize_shapes(shapes)
+        self._global: Adapter = {}
+        self._residual: Adapter = {}
+        self._version = 0
+        self._book = C.RoundBook()
+
+    def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
+        C.homogeneous_ranks(plans, {m: f.rank for m, f in self._global.items()}, "FedEx-LoRA")
+        plans_by_id = self._book.start(server_round, plans, "FedEx-LoRA")
+        base = dict(self._residual) or None
+        return {cid: Payload(p, init={m: rescale_alpha(self._global[m], p.alphas[m]) for m in p.ranks if m in self._global},
+                             seed=self.seed, base_delta=base, base_delta_version=self._version)
+                for cid, p in plans_by_id.items()}  # fmt: skip
+
+    def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
+        shapes = C.round_shapes(self._shapes, updates)
+        valid, rejected = C.validate_round(self._book, server_round, updates, "FedEx-LoRA", shapes, exact_rank=True)
+        new, residual = dict(self._global), dict(self._residual)
+        for module, group in C.by_module(valid, self._book.plans).items():
+            factors, weights = [f for _, f in group], C.example_weights(group)
+            new[module] = padded_average(factors, weights, factors[0].rank)
+            residual[module] = merge_stacked(residual.get(module), stacked_residual(factors, weights, new[module]))
+        if valid:
+            self._global, self._residual, self._version = new, residual, int(server_round)
+        self._shapes.update({m: shapes[m] for m in self._global})
+        rank = max((f.rank for f in self._residual.values()), default=0)
+        return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected) | {"max_residual_rank": float(rank)})
+
+    def global_adapter(self) -> Adapter:
+        """``Σ_t R_t + B̄ Ā`` as stacked factors with ``alpha = rank`` (scale 1)."""
+        return {m: merge_stacked(self._residual.get(m), f) for m, f in self._global.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return C.global_state(self) | {"residual": C.adapter_to_state(self._residual), "version": self._version}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        C.load_global_state(self, state)
+        self._residual = C.adapter_from_state(state["residual"])
+        self._version = int(state["version"])

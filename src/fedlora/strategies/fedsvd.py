@@ -1,0 +1,84 @@
+"""FedSVD (Lee et al., "FedSVD: Adaptive Orthogonalization for Private Federated Learning with
+LoRA", NeurIPS 2025).
+
+Clients train only ``B`` with the global ``A`` frozen. The server averages ``B̄ = Σ_k p_k s_k B_k``
+(exact, ``A`` being shared), forms ``B̄ A`` and re-factors it by SVD, ``B̄ A = U S Vh``: the new ``A``
+is ``Vh`` (orthonormal rows, following the principal directions of the aggregate update) and the new
+``B`` is ``U S``, so the product is unchanged (:func:`fedlora.lora.compose.orthonormal_refactor`;
+factored SVD, ``O((d_out + d_in) r²)``, no dense ``d_out x d_in`` matrix). Round 1 uses the shared
+fresh init ``A`` of ``payload.seed``.
+
+Heterogeneous ranks: supported. The global factors are kept at the round's largest rank, sorted by
+singular value, so client ``j``'s first ``r_j`` components are the best rank-``r_j`` part of the global
+update (FlexLoRA's truncated SVD). ``B_k`` is zero-padded to ``r_max``; since ``A`` is shared,
+``Σ_k p_k s_k [B_k, 0] A = Σ_k p_k ΔW_k`` exactly. Shapes: ``A [r_max, d_in]``, ``B [d_out, r_max]``,
+``alpha = r_max`` (scale 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from fedlora.allocation.plan import ClientPlan
+from fedlora.lora.compose import client_head, orthonormal_refactor, padded_average
+from fedlora.lora.factors import Adapter, LoraFactors, Update
+from fedlora.lora.linalg import extend_rank, init_lora_factors
+from fedlora.modelspec import ModelSpec
+from fedlora.strategies import _common as C
+from fedlora.strategies.base import Payload, RoundResult
+
+__all__ = ["FedSVD"]
+
+
+class FedSVD:
+    """``B``-only training with the aggregate re-factored by SVD so that ``A`` follows the update.
+
+    Args:
+        seed: seed of the shared fresh init (round 1's frozen ``A``).
+        shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
+    """
+
+    name = "fedsvd"
+    heterogeneous_ranks = True
+
+    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
+        self.seed = int(seed)
+        self._shapes: C.Shapes = C.normalize_shapes(shapes)
+        self._global: Adapter = {}
+        self._book = C.RoundBook()
+
+    def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
+        plans_by_id = self._book.start(server_round, plans, "FedSVD")
+        return {cid: Payload(p, init=self._init_for(p), seed=self.seed, train_A=False) for cid, p in plans_by_id.items()}
+
+    def _init_for(self, plan: ClientPlan) -> Adapter:
+        return {m: client_head(self._global[m], int(r), plan.alphas[m], self.seed, m) for m, r in plan.ranks.items() if m in self._global}
+
+    def _start(self, module: str, shape: tuple[int, int], rank: int) -> LoraFactors:
+        if module in self._global:
+            return extend_rank(self._global[module], max(rank, self._global[module].rank), self.seed, module)
+        return init_lora_factors(*shape, rank, float(rank), self.seed, module)
+
+    def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
+        shapes = C.round_shapes(self._shapes, updates)
+        starts = {m: self._start(m, shapes[m], r) for m, r in C.max_ranks(self._book.plans.values()).items() if m in shapes}
+        valid, rejected = C.validate_round(self._book, server_round, updates, "FedSVD", shapes, exact_rank=True,
+                                           train_A=False, expected_A={m: f.A for m, f in starts.items()})  # fmt: skip
+        new = dict(self._global)
+        for module, group in C.by_module(valid, self._book.plans).items():
+            start = starts[module]
+            avg = padded_average([f for _, f in group], C.example_weights(group), start.rank)
+            new[module] = orthonormal_refactor(LoraFactors(start.A, avg.B, avg.alpha))
+        self._global = new
+        self._shapes.update({m: shapes[m] for m in new})
+        return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected))
+
+    def global_adapter(self) -> Adapter:
+        """``A`` with orthonormal rows and ``B = U S`` at the largest rank seen, ``alpha = r`` (scale 1)."""
+        return dict(self._global)
+
+    def state_dict(self) -> dict[str, Any]:
+        return C.global_state(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        C.load_global_state(self, state)

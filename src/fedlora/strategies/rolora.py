@@ -1,0 +1,98 @@
+"""RoLoRA (Chen et al., "Robust Federated Finetuning of LLMs via Alternating Optimization of LoRA",
+NeurIPS 2025).
+
+Alternating optimisation: in odd rounds every client trains ``B`` with the global ``A`` frozen, in
+even rounds ``A`` with the global ``B`` frozen. Because the frozen factor is the same for everyone,
+averaging the trained one is exact:
+``B̄ = Σ_k p_k s_k B_k`` gives ``B̄ A = Σ_k p_k s_k B_k A`` (odd rounds), and
+``Ā = Σ_k p_k A_k`` gives ``B Ā = Σ_k p_k B A_k`` (even rounds, ``B`` at scale 1 sent as ``B / s_j``).
+
+Heterogeneous ranks: supported by zero padding (:func:`fedlora.lora.compose.padded_average`).
+Client ``j`` receives the first ``r_j`` components of the global factors; the trained factor is
+padded with zeros to the round's largest rank, so the average stays exactly ``Σ p_k ΔW_k`` of the
+clients' own updates. Shapes: ``A [r_max, d_in]``, ``B [d_out, r_max]``, ``alpha = r_max``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from fedlora.allocation.plan import ClientPlan
+from fedlora.lora.compose import client_head, padded_average
+from fedlora.lora.factors import Adapter, LoraFactors, Update
+from fedlora.lora.linalg import extend_rank, init_lora_factors
+from fedlora.modelspec import ModelSpec
+from fedlora.strategies import _common as C
+from fedlora.strategies.base import Payload, RoundResult
+
+__all__ = ["RoLoRA", "trains_A"]
+
+
+def trains_A(server_round: int) -> bool:
+    """Even rounds train ``A`` (``B`` frozen); odd rounds train ``B`` (``A`` frozen)."""
+    return int(server_round) % 2 == 0
+
+
+class RoLoRA:
+    """Alternating ``B`` / ``A`` rounds with exact averaging of the trained factor.
+
+    Args:
+        seed: seed of the shared fresh init (round 1's frozen ``A``).
+        shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
+    """
+
+    name = "rolora"
+    heterogeneous_ranks = True
+
+    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
+        self.seed = int(seed)
+        self._shapes: C.Shapes = C.normalize_shapes(shapes)
+        self._global: Adapter = {}
+        self._book = C.RoundBook()
+
+    def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
+        plans_by_id = self._book.start(server_round, plans, "RoLoRA")
+        a_round = trains_A(server_round)
+        return {cid: Payload(p, init=self._init_for(p), seed=self.seed, train_A=a_round, train_B=not a_round)
+                for cid, p in plans_by_id.items()}  # fmt: skip
+
+    def _init_for(self, plan: ClientPlan) -> Adapter:
+        return {m: client_head(self._global[m], int(r), plan.alphas[m], self.seed, m) for m, r in plan.ranks.items() if m in self._global}
+
+    def _start(self, module: str, shape: tuple[int, int], rank: int) -> LoraFactors:
+        """The global factors of ``module`` at ``rank`` (scale 1), or the fresh init."""
+        if module in self._global:
+            return extend_rank(self._global[module], max(rank, self._global[module].rank), self.seed, module)
+        return init_lora_factors(*shape, rank, float(rank), self.seed, module)
+
+    def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
+        shapes = C.round_shapes(self._shapes, updates)
+        a_round = trains_A(server_round)
+        plans = self._book.plans
+        starts = {m: self._start(m, shapes[m], r) for m, r in C.max_ranks(plans.values()).items() if m in shapes}
+        # the frozen factor each client must send back unchanged, at its own alpha
+        frozen: dict[str, dict[str, Any]] = {}
+        for cid, p in plans.items():
+            heads = {m: client_head(starts[m], int(r), p.alphas[m], self.seed, m) for m, r in p.ranks.items() if m in starts}
+            frozen[cid] = ({"train_B": False, "expected_B": {m: h.B for m, h in heads.items()}} if a_round
+                           else {"train_A": False, "expected_A": {m: h.A for m, h in heads.items()}})  # fmt: skip
+        valid, rejected = C.validate_round(self._book, server_round, updates, "RoLoRA", shapes, per_client=frozen, exact_rank=True)
+        new = dict(self._global)
+        for module, group in C.by_module(valid, plans).items():
+            factors, weights = [f for _, f in group], C.example_weights(group)
+            start = starts[module]
+            avg = padded_average(factors, weights, start.rank)
+            new[module] = LoraFactors(avg.A, start.B, avg.alpha) if a_round else LoraFactors(start.A, avg.B, avg.alpha)
+        self._global = new
+        self._shapes.update({m: shapes[m] for m in new})
+        return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected) | {"trained_A": float(a_round)})
+
+    def global_adapter(self) -> Adapter:
+        """Global factors at the largest rank seen, ``alpha = r`` (scale 1): ``ΔW = B @ A``."""
+        return dict(self._global)
+
+    def state_dict(self) -> dict[str, Any]:
+        return C.global_state(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        C.load_global_state(self, state)
