@@ -149,10 +149,10 @@ def test_a_failing_client_is_reported_and_the_round_completes(data_file, tmp_pat
     engine.setup()
     real_train = engine.trainer.train
 
-    def flaky(payload, examples, *, client_seed, on_step=None):
+    def flaky(payload, examples, *, client_seed, **kwargs):
         if payload.plan.client_id == "client_001":
             raise RuntimeError("out of memory on this phone")
-        return real_train(payload, examples, client_seed=client_seed)
+        return real_train(payload, examples, client_seed=client_seed, **kwargs)
 
     engine.trainer.train = flaky
     result = engine.run()
@@ -215,3 +215,37 @@ def test_eval_at_start_false_skips_round_zero(data_file, tmp_path):
     base = Engine(tiny_config(data_file, run={"rounds": 1}), tmp_path / "base").run(stop_after=0)
     assert base.completed_rounds == 0 and [r["round"] for r in base.records if r["type"] == "eval"] == [0, 0]
     assert not [r for r in base.records if r["type"] == "round"]
+
+
+def test_a_client_ten_times_slower_is_dropped_or_cut_by_the_deadline_and_reported(data_file, tmp_path):
+    # 4 clients, all sampled; client speeds 10, 10, 10, 1 steps per simulated second; 4 local steps
+    speeds = {"clients": {"speeds": [10.0, 10.0, 10.0, 1.0]}}
+    for policy, want_steps in (("drop", None), ("partial", 2)):
+        cfg = tiny_config(data_file, run={"rounds": 2, "deadline": 2.0, "stragglers": policy}, **speeds)
+        result = Engine(cfg, tmp_path / policy).run()
+        clients = [r for r in result.records if r["type"] == "client"]
+        slow = [r for r in clients if r["speed"] == 1.0]
+        rounds = [r for r in result.records if r["type"] == "round"]
+        assert result.completed_rounds == 2 and len(slow) == 2
+        assert all(r["stragglers"] == [slow[0]["client"]] for r in rounds)
+        assert [r["sim_seconds"] for r in rounds] == [2.0, 2.0] and rounds[-1]["sim_clock"] == 4.0
+        if want_steps is None:
+            assert all(r["status"] == "straggler" and "deadline" in r["error"] for r in slow)
+            assert all(r["accepted"] == 3 for r in rounds)
+        else:
+            assert all(r["status"] == "ok" and r["partial"] and r["steps"] == want_steps for r in slow)
+        assert all(r["steps"] == 4 for r in clients if r["speed"] == 10.0)
+    # without a deadline the round lasts as long as the slowest client: 4 steps at 1 step/s
+    plain = Engine(tiny_config(data_file, run={"rounds": 1}, **speeds), tmp_path / "plain").run()
+    (rnd,) = [r for r in plain.records if r["type"] == "round"]
+    assert rnd["sim_seconds"] == 4.0 and rnd["stragglers"] == [] and plain.summary["sim_clock"] == 4.0
+
+
+def test_speed_distribution_draws_levels_and_speeds_length_is_checked(data_file):
+    from fedlora.config import ConfigError
+    from fedlora.engine.plans import client_speeds
+
+    cfg = tiny_config(data_file, clients={"speed_levels": [1.0, 8.0], "speed_distribution": "heavy-tail-light"})
+    assert sorted(client_speeds(cfg)) == [1.0, 1.0, 1.0, 8.0]  # 85 % of 4 at the slowest level, by quota
+    with pytest.raises(ConfigError, match="clients.speeds has 2 values"):
+        tiny_config(data_file, clients={"speeds": [1.0, 2.0]})

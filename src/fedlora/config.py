@@ -76,6 +76,10 @@ class RunSection:
     checkpoint_every: int = opt(1, "write a resumable checkpoint every k rounds (the last round always)", ge=1)
     keep_checkpoints: int = opt(2, "checkpoints kept (checkpoint.pt, checkpoint.1.pt, ...): a corrupt newest one falls back "
                                 "to the previous", ge=1)
+    deadline: float = opt(0.0, "round deadline in simulated seconds (0: none): a client whose local steps and transfers "
+                          "do not fit is a straggler (see `stragglers`); see fedlora.engine.clock", ge=0)
+    stragglers: str = opt("drop", "a straggler is dropped from the round ('drop') or trains the steps that fit the "
+                          "deadline ('partial')", choices=("drop", "partial"))
     threads: int = opt(0, "torch CPU threads; 0: auto, torch's default lowered to the cores not busy with other "
                        "processes when the run starts (1-minute load average), since oversubscribed threads spin-wait "
                        "(measured 2-5x slower); set a number to fix it (results may differ in the last bits between counts)", ge=0)
@@ -150,6 +154,12 @@ class ClientsSection:
     importance_steps: int = opt(2, "fedpilot: batches of the short local pass that scores module importance", ge=1)
     importance_mix: float = opt(0.5, "fedpilot: share of the server's global module importance in the module values "
                                 "from round 2 on (0: local importance only)", ge=0, le=1)
+    speed_distribution: str = opt("uniform", "compute heterogeneity: distribution of client speeds over `speed_levels`",
+                                  choices=RANK_DISTRIBUTIONS)
+    speed_levels: list[float] = opt([1.0], "client speeds in local steps per simulated second, slowest first (one level: "
+                                    "every client equally fast); see fedlora.engine.clock", gt=0)
+    speeds: list[float] = opt([], "explicit speed per client (length data.num_clients); overrides speed_distribution", gt=0)
+    link_mb_per_s: float = opt(0.0, "each client's link in MB/s for the simulated clock (0: transfers take no time)", ge=0)
 
 
 @dataclass(frozen=True)
@@ -367,6 +377,10 @@ def resolved_allocation(cfg: "Config") -> str:
 
 def _clients_errors(cfg: "Config") -> list[str]:
     c, n, errors = cfg.clients, cfg.data.num_clients, []
+    if c.speeds and len(c.speeds) != n:
+        errors.append(f"clients.speeds has {len(c.speeds)} values for data.num_clients = {n}: give exactly one speed per client")
+    if not c.speed_levels:
+        errors.append("clients.speed_levels is empty: list at least one speed (e.g. [1.0]) or set clients.speeds")
     if c.ranks and len(c.ranks) != n:
         errors.append(f"clients.ranks has {len(c.ranks)} values for data.num_clients = {n}: give exactly one rank per client")
     for key in ("ranks", "rank_levels"):

@@ -40,6 +40,9 @@ def run_summary(records: Sequence[dict]) -> dict[str, Any]:
         "bytes_down": sum(r["bytes_down"] for r in rounds),
         "failed_clients": sum(1 for c in clients if c.get("status") == "failed"),
         "rejected_updates": sum(1 for c in clients if c.get("status") == "rejected"),
+        "stragglers_dropped": sum(1 for c in clients if c.get("status") == "straggler"),
+        "stragglers_partial": sum(1 for c in clients if c.get("partial")),
+        "sim_clock": float(rounds[-1].get("sim_clock", 0.0)) if rounds else 0.0,
         "splits": splits,
         **({"privacy/epsilon": rounds[-1]["privacy/epsilon"], "privacy/delta": rounds[-1].get("privacy/delta")}
            if rounds and rounds[-1].get("privacy/epsilon") is not None else {}),

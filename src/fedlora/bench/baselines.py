@@ -203,6 +203,7 @@ def _install_centralized(engine: Any) -> PooledPlanner:
     steps = engine.per_round * engine.trainer.config.local_steps
     planner = PooledPlanner(engine.spec, max(engine.planner.ranks), engine.cfg.clients.alpha_ratio)
     engine.data.clients = {"pooled": pooled}
+    engine.clocks = {"pooled": max(engine.clocks.values(), key=lambda c: c.speed)}  # one machine, the fastest client's
     engine.per_round, engine.planner = 1, planner
     engine.trainer.config = replace(engine.trainer.config, local_steps=steps)
     engine.progress.message(f"plan centralized: {len(pooled)} examples pooled on one client at rank {planner.rank}, "

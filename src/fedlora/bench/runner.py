@@ -98,8 +98,8 @@ class LineProgress:
                     f"up {record['bytes_up'] / 1e6:.2f} MB, down {record['bytes_down'] / 1e6:.2f} MB")  # fmt: skip
 
     def client_end(self, record: dict) -> None:
-        if record.get("status") == "failed":
-            self._print(f"  round {record['round']} {record['client']}: FAILED {record.get('error', '')}")
+        if record.get("status") in ("failed", "straggler"):
+            self._print(f"  round {record['round']} {record['client']}: {record['status'].upper()} {record.get('error', '')}")
         else:
             self._print(f"  round {record['round']} {record['client']} rank {record['rank']} ({record['trained_modules']} modules): "
                         f"loss {record['loss']:.4f}, {record['seconds']:.1f} s")  # fmt: skip

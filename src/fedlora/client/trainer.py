@@ -122,10 +122,11 @@ class LocalTrainer:
         return next(self.model.parameters()).device
 
     def train(self, payload: Payload, examples: Sequence[Example], *, client_seed: int,
-              on_step: Callable[[float], None] | None = None) -> Update:
+              on_step: Callable[[float], None] | None = None, steps: int | None = None) -> Update:
         """Train one client from ``payload`` on ``examples``; return its update (trainable modules only).
 
-        ``on_step(loss)`` is called after each step's forward pass (progress reporting).
+        ``on_step(loss)`` is called after each step's forward pass (progress reporting). ``steps``
+        overrides ``config.local_steps`` (a straggler's partial work under a deadline).
 
         Deterministic: the same payload, data and seed give the same update (bitwise on CPU).
         The method's client-side rules (:mod:`fedlora.client.rules`, from ``payload.options``) add
@@ -148,7 +149,7 @@ class LocalTrainer:
         with self._guard(), self.layers.installed(plan, factors, dropout=cfg.dropout, trainable=trainable,
                                                   train_A=payload.train_A, train_B=payload.train_B) as layers:
             setup = time.perf_counter() - start
-            losses, penalties = self._loop(layers, trainable, data, rules, factors, client_seed, on_step)
+            losses, penalties = self._loop(layers, trainable, data, rules, factors, client_seed, on_step, steps)
             trained = {m: LoraFactors(_weight(layers[m], "lora_A"), _weight(layers[m], "lora_B"), factors[m].alpha)
                        for m in sorted(trainable)}
         for rule in rules:
@@ -229,12 +230,15 @@ class LocalTrainer:
             out[m] = f
         return out
 
-    def _loop(self, layers, trainable, data, rules, initial: Adapter, client_seed: int, on_step=None) -> tuple[list[float], list[float]]:
+    def _loop(self, layers, trainable, data, rules, initial: Adapter, client_seed: int, on_step=None,
+              steps: int | None = None) -> tuple[list[float], list[float]]:  # fmt: skip
         cfg, model = self.config, self.model
         modules = sorted(trainable)
         params = [p for m in modules for p in layers[m].parameters() if p.requires_grad]
         optimizer = _make_optimizer(cfg, params)
-        batches = batch_schedule(len(data), cfg.batch_size, cfg.local_steps, torch.Generator().manual_seed(client_seed))
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"steps must be an int >= 1 (or None for config.local_steps), got {steps!r}")
+        batches = batch_schedule(len(data), cfg.batch_size, steps or cfg.local_steps, torch.Generator().manual_seed(client_seed))
         pad_id, device = self.tokenizer.pad_token_id, self.device
         losses, penalties = [], []
         with _training_mode(model, cfg.grad_checkpointing), _seeded(client_seed, device):

@@ -173,12 +173,18 @@ def _as_tuple(x: Any) -> Any:
 
 
 def config_differences(saved: Mapping[str, Mapping[str, Any]], current: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Keys (``section.key``) whose values differ between two config dicts, except those a resume may change."""
+    """Keys (``section.key``) whose values differ between two config dicts, except those a resume may change.
+
+    A key the saved config lacks (added in a later fedlora version) counts as its default value.
+    """
+    from fedlora.config import Config, config_to_dict
+
+    defaults = config_to_dict(Config())
     out = []
     for section in sorted(set(saved) | set(current)):
         if section == "eval":
             continue
-        a, b = saved.get(section, {}), current.get(section, {})
+        a, b = dict(defaults.get(section, {})) | dict(saved.get(section, {})), current.get(section, {})
         for key in sorted(set(a) | set(b)):
             if (section, key) not in _MAY_CHANGE and a.get(key) != b.get(key):
                 out.append(f"{section}.{key}: checkpoint {a.get(key)!r}, now {b.get(key)!r}")

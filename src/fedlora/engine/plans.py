@@ -21,7 +21,7 @@ from fedlora.config import Config, resolved_allocation
 from fedlora.engine.sampling import derive_seed
 from fedlora.modelspec import ModelSpec
 
-__all__ = ["client_ranks", "client_budgets", "memory_model_kwargs", "Planner"]
+__all__ = ["client_ranks", "client_budgets", "client_speeds", "memory_model_kwargs", "Planner"]
 
 
 def client_ranks(cfg: Config) -> list[int]:
@@ -43,6 +43,18 @@ def client_budgets(cfg: Config) -> list[int]:
         return budgets_from_list(c.budgets, cfg.data.num_clients)
     return sample_budgets(c.budget_distribution, cfg.data.num_clients, low_bytes=c.budget_low, high_bytes=c.budget_high,
                           num_levels=c.budget_levels, seed=derive_seed(cfg.run.seed, "budgets"))  # fmt: skip
+
+
+def client_speeds(cfg: Config) -> list[float]:
+    """One compute speed (local steps per simulated second) per client: ``clients.speeds`` or a draw of
+    ``speed_distribution`` over ``speed_levels`` (quota per level, seeded shuffle, as ranks)."""
+    from fedlora.allocation.profiles import sample_levels
+
+    c = cfg.clients
+    if c.speeds:
+        return [float(s) for s in c.speeds]
+    levels = sample_levels(c.speed_distribution, cfg.data.num_clients, len(c.speed_levels), seed=derive_seed(cfg.run.seed, "speeds"))
+    return [float(c.speed_levels[i]) for i in levels]
 
 
 def memory_model_kwargs(cfg: Config, spec: ModelSpec) -> dict[str, Any]:

@@ -40,8 +40,10 @@ def _client_line(r: dict) -> str:
     head = f"  {r['client']} rank {r.get('rank', '?'):>3} {r.get('num_examples', 0):>5} ex"
     if r["status"] == "failed":
         return f"{head}  [bold red]FAILED[/] {r.get('error', '')}"
+    if r["status"] == "straggler":
+        return f"{head}  [yellow]straggler, dropped[/]: {r.get('error', '')}"
     text = (f"{head}  loss {r['loss_first']:.3f} → {r['loss_last']:.3f} (mean {r['loss']:.3f})  "
-            f"{r['steps']} steps  {r['seconds']:.1f} s  ↓{format_bytes(r['bytes_down'])} ↑{format_bytes(r['bytes_up'])}")  # fmt: skip
+            f"{r['steps']} steps{' (partial: deadline)' if r.get('partial') else ''}  {r['seconds']:.1f} s  ↓{format_bytes(r['bytes_down'])} ↑{format_bytes(r['bytes_up'])}")  # fmt: skip
     return text + (f"  [red]rejected[/] {r.get('error', '')}" if r["status"] == "rejected" else "")
 
 
@@ -107,6 +109,8 @@ class RichProgress(Progress):
             f"  round {record['round']} done in {record['seconds']:.1f} s: train loss "
             f"{'-' if loss is None else f'{loss:.4f}'}, accepted {record['accepted']}, failed {len(record['failed'])}, "
             f"rejected {len(record['rejected'])}, ↓{format_bytes(record['bytes_down'])} ↑{format_bytes(record['bytes_up'])}"
+            + (f", stragglers {len(record['stragglers'])}" if record.get("stragglers") else "")
+            + (f", simulated clock {record['sim_clock']:.1f} s" if record.get("sim_clock") else "")
         )
 
     def message(self, text: str) -> None:

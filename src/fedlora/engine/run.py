@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from fedlora.config import Config, config_to_dict, dumps_toml
 from fedlora.engine import build
+from fedlora.engine.clock import client_clocks, schedule_round
 from fedlora.engine.checkpoint import (CheckpointError, config_differences, load_checkpoint, remove_stale_temp_files,
                                       rng_state, save_checkpoint, set_rng_state)
 from fedlora.engine.lock import RunFolderLocked, RunLock
@@ -28,7 +29,7 @@ from fedlora.engine.preflight import preflight, preflight_data_and_output
 from fedlora.strategies.guard import guarded_aggregate
 from fedlora.engine.data import FederatedData, build_data
 from fedlora.engine.metrics_log import METRICS_FILE, MetricsLog
-from fedlora.engine.plans import Planner
+from fedlora.engine.plans import Planner, client_speeds
 from fedlora.engine.progress import Progress
 from fedlora.engine.sampling import client_seed, clients_per_round, sample_clients
 
@@ -70,6 +71,16 @@ def adapter_bytes(adapter: Mapping[str, Any] | None) -> int:
 def payload_bytes(payload: Any) -> int:
     """Bytes a client downloads: its starting factors plus any frozen base delta (FLoRA)."""
     return adapter_bytes(payload.init) + adapter_bytes(payload.base_delta)
+
+
+def planned_upload_bytes(payload: Any, shapes: Mapping[str, tuple[int, int]], bytes_per_value: int = 4) -> int:
+    """Bytes a client will upload per its plan: the trained factors of its trainable modules (fp32)."""
+    plan, total = payload.plan, 0
+    for m in plan.trainable_modules:
+        d_out, d_in = shapes[m]
+        r = int(plan.ranks[m])
+        total += (r * d_in if payload.train_A else 0) + (d_out * r if payload.train_B else 0)
+    return total * bytes_per_value
 
 
 def update_bytes(update: Any, payload: Any) -> int:
@@ -167,6 +178,8 @@ class Engine:
         self.data = data
         self.trainer = LocalTrainer(self.model, self.tokenizer, build.build_train_config(self.cfg))
         self.per_round = clients_per_round(self.cfg.clients.clients_per_round, len(self.data.client_ids))
+        self.clocks = client_clocks(self.data.client_ids, client_speeds(self.cfg), self.cfg.clients.link_mb_per_s)
+        self.shapes = {m.name: (m.d_out, m.d_in) for m in self.spec.modules}
         self.progress.message(f"model {self.cfg.model.name}: {self.spec.num_parameters / 1e6:.1f}M parameters, "
                               f"{len(self.spec.modules)} LoRA modules; set up in {time.perf_counter() - t0:.1f} s; "
                               f"{threads} CPU threads ({why})")  # fmt: skip
@@ -262,9 +275,12 @@ class Engine:
         self.progress.round_start(server_round, ids)
         plans = self.planner.plans(server_round, ids, self.strategy)
         payloads = self.strategy.configure(server_round, [plans[c] for c in ids])
+        moved = {c: payload_bytes(payloads[c]) + planned_upload_bytes(payloads[c], self.shapes) for c in ids}
+        work, sim_seconds = schedule_round({c: self.clocks[c] for c in ids}, self.trainer.config.local_steps, moved,
+                                           self.cfg.run.deadline, self.cfg.run.stragglers)  # fmt: skip
         records, updates = [], []
         for cid in ids:
-            record, update = self._train_client(server_round, cid, payloads[cid])
+            record, update = self._train_client(server_round, cid, payloads[cid], work[cid])
             records.append(record)
             if update is not None:
                 updates.append(update)
@@ -274,18 +290,26 @@ class Engine:
             if record["client"] in rejected:
                 record.update(status="rejected", error=rejected[record["client"]])
             self.log.append(record)
-        self._log_round(server_round, records, result, time.perf_counter() - started)
+        self._log_round(server_round, records, result, time.perf_counter() - started, sim_seconds)
 
-    def _train_client(self, server_round: int, cid: str, payload: Any) -> tuple[dict, Any]:
+    def _train_client(self, server_round: int, cid: str, payload: Any, work: Any) -> tuple[dict, Any]:
         plan, examples = payload.plan, self.data.clients[cid]
         record = {"type": "client", "round": server_round, "client": cid, "rank": max(plan.ranks.values()),
                   "trained_modules": len(plan.trainable_modules), "num_examples": len(examples),
-                  "bytes_down": payload_bytes(payload), "bytes_up": 0}  # fmt: skip
-        self.progress.client_start(server_round, cid, record["rank"], self.cfg.train.local_steps)
+                  "bytes_down": payload_bytes(payload), "bytes_up": 0, "sim_seconds": work.seconds,
+                  "speed": self.clocks[cid].speed}  # fmt: skip
+        if work.steps == 0:  # a straggler dropped by the deadline: not trained, reported
+            record.update(status="straggler", error=f"cannot finish {self.trainer.config.local_steps} steps by the deadline "
+                          f"({self.cfg.run.deadline:g} simulated s) at {self.clocks[cid].speed:g} steps/s", bytes_down=0)  # fmt: skip
+            self.progress.client_end(record | {"planned_steps": work.steps})
+            return record, None
+        if work.straggler:
+            record["partial"] = True
+        self.progress.client_start(server_round, cid, record["rank"], work.steps)
         started = time.perf_counter()
         try:
             update = self.trainer.train(payload, examples, client_seed=client_seed(self.cfg.run.seed, server_round, cid),
-                                        on_step=self.progress.step)  # fmt: skip
+                                        on_step=self.progress.step, steps=work.steps)  # fmt: skip
         except Exception as err:  # a failing client is reported and skipped; the round goes on
             record.update(status="failed", error=_error_summary(err), seconds=time.perf_counter() - started)
             with (self.run_dir / ERRORS_FILE).open("a", encoding="utf-8") as f:
@@ -298,14 +322,17 @@ class Engine:
         self.progress.client_end(record | {"planned_steps": self.cfg.train.local_steps})
         return record, update
 
-    def _log_round(self, server_round: int, records: list[dict], result: Any, seconds: float) -> None:
+    def _log_round(self, server_round: int, records: list[dict], result: Any, seconds: float, sim_seconds: float) -> None:
         ok = [r for r in records if r["status"] == "ok"]
+        previous = next((r for r in reversed(self.log.records) if r.get("type") == "round"), None)
         record = {
             "type": "round", "round": server_round, "clients": [r["client"] for r in records], "accepted": len(ok),
             "failed": {r["client"]: r["error"] for r in records if r["status"] == "failed"},
             "rejected": {r["client"]: r["error"] for r in records if r["status"] == "rejected"},
             "train_loss": sum(r["loss"] for r in ok) / len(ok) if ok else None, "seconds": seconds,
             "bytes_down": sum(r["bytes_down"] for r in records), "bytes_up": sum(r["bytes_up"] for r in records),
+            "stragglers": sorted(r["client"] for r in records if r["status"] == "straggler" or r.get("partial")),
+            "sim_seconds": sim_seconds, "sim_clock": float((previous or {}).get("sim_clock", 0.0)) + sim_seconds,
         }  # fmt: skip
         if result is not None:
             record.update({(k if k.startswith("privacy/") else f"strategy/{k}"): v for k, v in result.metrics.items()})
