@@ -50,6 +50,23 @@ def test_app_folder_is_a_valid_flower_app(tmp_path):
     assert config["out-dir"] == str((tmp_path / "app" / "results").resolve())
 
 
+def test_fedlora_set_is_always_a_known_run_config_key(tmp_path):
+    # Flower refuses `--run-config` keys the app does not declare: an app written without --set must still take it
+    (tmp_path / "run.toml").write_text(TINY)
+    assert main(["app", str(tmp_path / "run.toml"), "--out", str(tmp_path / "app")]) == 0
+    config = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert config["fedlora-set"] == ""
+
+
+def test_a_failed_serverapp_is_detected_in_the_streamed_log():
+    from fedlora.flower.deploy import serverapp_failure
+
+    ok = "Successfully started run 7\n[fedlora] round 1 ...\n[fedlora] done: results in /x\n"
+    assert serverapp_failure(ok) is None
+    assert serverapp_failure("Successfully started run 7\nExit Code: 201\nServerApp raised\n") == "Exit Code: 201"
+    assert "never reported" in serverapp_failure("Successfully started run 7\n")
+
+
 def test_bad_settings_and_configs_fail_before_anything_runs(tmp_path, capsys):
     (tmp_path / "run.toml").write_text(TINY.replace("local_steps = 1", "local_steps = 0"))
     assert main(["app", str(tmp_path / "run.toml"), "--out", str(tmp_path / "a")]) == 1

@@ -57,6 +57,7 @@ def write_app(config_text: str, out_dir: str | os.PathLike, *, name: str = "fedl
     package.mkdir(parents=True, exist_ok=True)
     run_config = FlowerOptions().to_run_config()
     run_config["out-dir"] = str(root / "results")
+    run_config["fedlora-set"] = ""  # present, so `flwr run --run-config 'fedlora-set="..."'` is accepted later
     run_config.update(dict(options or {}))
     run_config["fedlora-config"] = config_text
     FlowerOptions.from_run_config(run_config)  # fail here, not on the SuperLink
@@ -76,7 +77,7 @@ def _pyproject(name: str, run_config: Mapping[str, Any]) -> dict[str, Any]:
             "version": "1.0.0",
             "description": "A fedlora federated LoRA run as a Flower app",
             "license": "Apache-2.0",
-            "dependencies": [f"fedlora[flower]=={fedlora.__version__}", "flwr>=1.41.0"],
+            "dependencies": [f"fedlora[flower]=={fedlora.__version__}", "flwr>=1.41,<1.43"],
         },
         "tool": {
             "hatch": {"build": {"targets": {"wheel": {"packages": ["."]}}}},

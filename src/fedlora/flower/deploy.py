@@ -216,6 +216,9 @@ class LocalFederation:
         out = log.read_text(errors="replace")
         if code != 0 or not re.search(r"Successfully started run \d+", out):
             raise FlowerRunError(f"flwr run failed (exit {code}); see {log}:\n{_tail(log, 40)}")
+        failure = serverapp_failure(out)
+        if failure:
+            raise FlowerRunError(f"the ServerApp failed ({failure}) although flwr run exited 0; see {log}:\n{_tail(log, 40)}")
         return out
 
     def run_app(self, app_dir: Path, *, run_config: Mapping[str, object] | None = None, timeout: float = 600.0) -> str:
@@ -254,6 +257,22 @@ class LocalFederation:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def serverapp_failure(output: str) -> str | None:
+    """Why a streamed ``flwr run`` output shows a failed ServerApp, or None.
+
+    ``flwr run --stream`` exits 0 whatever the ServerApp did (flwr 1.41-1.42); the streamed log
+    carries Flower's ``Exit Code: N`` line (N >= 100 is an error) and fedlora's ServerApp prints
+    ``[fedlora] done:`` when it finishes.
+    """
+    codes = [int(c) for c in re.findall(r"Exit Code: (\d+)", output)]
+    errors = [c for c in codes if not 0 <= c < 100]
+    if errors:
+        return f"Exit Code: {errors[0]}"
+    if "[fedlora] done:" not in output:
+        return "the ServerApp never reported '[fedlora] done:'"
+    return None
 
 
 def _kill_group(popen: subprocess.Popen, sig: int) -> None:
