@@ -141,3 +141,46 @@ def test_fedprox_state_refuses_another_base():
     b = make_strategy("fedprox", seed=0, base="fedit")
     with pytest.raises(ValueError, match="base='flexlora'"):
         b.load_state_dict(a.state_dict())
+
+
+# ----------------------------------------------------------------------------- FedSA-LoRA
+
+
+def test_fedsa_shares_A_and_keeps_each_clients_B(tmp_path):
+    s = make_strategy("fedsa", seed=0)
+    ranks = [{Q: 2, UP: 3}, {Q: 4, UP: 3}]
+    _, u1 = _round(s, 1, ranks, seed=9)
+    s.aggregate(1, u1)
+    p = [u.num_examples / sum(v.num_examples for v in u1) for u in u1]
+    # row i of Ā averages the clients that have row i: rows 2-3 of Q come from the rank-4 client alone
+    A_q = s.global_adapter()[Q].A.double()
+    torch.testing.assert_close(A_q[:2], p[0] * u1[0].factors[Q].A.double()[:2] + p[1] * u1[1].factors[Q].A.double()[:2])
+    torch.testing.assert_close(A_q[2:], u1[1].factors[Q].A.double()[2:])
+    # round 2: each client gets Ā[:r_k] with its own B back (same scale)
+    nxt = s.configure(2, [make_plan("c0", ranks[0]), make_plan("c1", ranks[1])])
+    for k, cid in enumerate(("c0", "c1")):
+        for m in (Q, UP):
+            got, own = nxt[cid].init[m], u1[k].factors[m]
+            torch.testing.assert_close(got.A.double(), A_q[: own.rank] if m == Q else s.global_adapter()[UP].A.double()[: own.rank])
+            torch.testing.assert_close(got.scale * got.B, own.scale * own.B)
+    personal = dict(s.personal_adapters())
+    assert sorted(personal) == ["c0", "c1"]
+    torch.testing.assert_close(lora_delta(personal["c1"][Q]), lora_delta(LoraFactors(A_q[:4].float(), u1[1].factors[Q].B, u1[1].factors[Q].alpha)))
+
+
+def test_fedsa_personal_state_lives_on_disk_and_resumes(tmp_path):
+    s = make_strategy("fedsa", seed=0)
+    s.attach_client_store(tmp_path / "state", keep=2)
+    for rnd in (1, 2, 3):
+        _, updates = _round(s, rnd, [{Q: 2, UP: 2}] * 3, seed=10 + rnd)
+        s.aggregate(rnd, updates)
+    assert sorted(p.name for p in (tmp_path / "state" / "c1").iterdir()) == ["v2.pt", "v3.pt"]  # newest `keep` versions
+    state = s.state_dict()
+    assert "memory" not in state["personal"] and state["personal"]["index"] == {"c0": 3, "c1": 3, "c2": 3}
+    restored = make_strategy("fedsa", seed=0)
+    restored.attach_client_store(tmp_path / "state", keep=2)
+    restored.load_state_dict(state)
+    a = s.configure(4, [make_plan("c1", {Q: 2, UP: 2})])["c1"].init
+    b = restored.configure(4, [make_plan("c1", {Q: 2, UP: 2})])["c1"].init
+    for m in (Q, UP):
+        assert torch.equal(a[m].A, b[m].A) and torch.equal(a[m].B, b[m].B)

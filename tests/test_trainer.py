@@ -171,7 +171,7 @@ def test_proximal_term_matches_a_hand_computation_and_keeps_factors_near_the_sta
     start = LoraFactors(layer.lora_A[ADAPTER_NAME].weight.detach() - 0.5, layer.lora_B[ADAPTER_NAME].weight.detach() + 0.25, 4.0)
     # Execute / Assert: μ/2 (||ΔA||² + ||ΔB||²) = 0.3/2 (6·0.25 + 8·0.0625)
     got = ProximalTerm(0.3).penalty({"m": layer}, ["m"], {"m": start})
-    assert float(got) == pytest.approx(0.15 * (6 * 0.25 + 8 * 0.0625), rel=1e-6)
+    assert float(got.detach()) == pytest.approx(0.15 * (6 * 0.25 + 8 * 0.0625), rel=1e-6)
     assert [type(r).__name__ for r in client_rules({"proximal_mu": 0.3, "hetlora_lambda": 0.1})] == ["TailPenalty", "ProximalTerm"]
     assert client_rules({"proximal_mu": 0.0}) == []
     # In training: a strong proximal term keeps the trained factors closer to where they started

@@ -29,7 +29,8 @@ def mean_over_models(results: list[dict[str, float]]) -> dict[str, float]:
     from fedlora.eval.stats import mean_se
 
     out: dict[str, float] = {"n_models": len(results)}
-    for key in results[0]:
+    keys = list(dict.fromkeys(k for r in results for k in r))  # models may see different tasks (personalised)
+    for key in keys:
         if key.endswith("_se"):
             continue
         values = [r[key] for r in results if r.get(key) is not None]
@@ -37,6 +38,6 @@ def mean_over_models(results: list[dict[str, float]]) -> dict[str, float]:
             out[key] = values[0]
         elif values:
             out[key], se = mean_se(values)
-            if f"{key}_se" in results[0]:
+            if any(f"{key}_se" in r for r in results):
                 out[f"{key}_se"] = se
     return out

@@ -179,6 +179,9 @@ class Engine:
         self.trainer = LocalTrainer(self.model, self.tokenizer, build.build_train_config(self.cfg))
         self.per_round = clients_per_round(self.cfg.clients.clients_per_round, len(self.data.client_ids))
         self.clocks = client_clocks(self.data.client_ids, client_speeds(self.cfg), self.cfg.clients.link_mb_per_s)
+        attach = getattr(self.strategy, "attach_client_store", None)  # personalised methods keep per-client state on disk
+        if attach is not None:
+            attach(self.run_dir / "client_state", keep=self.cfg.run.keep_checkpoints * self.cfg.run.checkpoint_every + 1)
         self.shapes = {m.name: (m.d_out, m.d_in) for m in self.spec.modules}
         self.progress.message(f"model {self.cfg.model.name}: {self.spec.num_parameters / 1e6:.1f}M parameters, "
                               f"{len(self.spec.modules)} LoRA modules; set up in {time.perf_counter() - t0:.1f} s; "
@@ -358,6 +361,32 @@ class Engine:
                 done += len(examples)
             metrics = mean_over_models(per_model)
             record = {"type": "eval", "round": server_round, "split": split, "seconds": time.perf_counter() - started, **metrics}
+            self.progress.eval_end(self.log.append(record))
+        if self.cfg.eval.seen and seen:
+            self._evaluate_personal(server_round, seen, kwargs)
+
+    def _evaluate_personal(self, server_round: int, seen: list, kwargs: dict) -> None:
+        """Split ``personal``: each client's personalised model on the eval examples of its own tasks,
+        the mean over clients (methods with ``personal_adapters()``, e.g. FedSA-LoRA)."""
+        from fedlora.eval import evaluate
+
+        personal = getattr(self.strategy, "personal_adapters", None)
+        if personal is None:
+            return
+        started, per_client, n_examples = time.perf_counter(), [], 0
+        self.progress.eval_start(server_round, "personal", len(self.data.client_ids))
+        for k, (cid, adapter) in enumerate(personal()):
+            tasks = {ex.task for ex in self.data.clients.get(cid, [])}
+            own = [ex for ex in seen if ex.task in tasks]
+            if not own or not adapter:
+                continue
+            with self.trainer.use_adapter(adapter) as model:
+                per_client.append(evaluate(model, self.tokenizer, own, **kwargs))
+            n_examples += len(own)
+            self.progress.eval_advance(k + 1, len(self.data.client_ids))
+        if per_client:
+            metrics = mean_over_models(per_client) | {"n_examples": n_examples, "n_clients": len(per_client)}
+            record = {"type": "eval", "round": server_round, "split": "personal", "seconds": time.perf_counter() - started, **metrics}
             self.progress.eval_end(self.log.append(record))
 
     def _checkpoint(self, server_round: int) -> None:

@@ -6,6 +6,7 @@ update is ``ΔW = Σ_k p_k s_k B_k A_k``. Server state keeps ``alpha = r`` (scal
 
 * :func:`padded_average`: ``A = Σ p_k pad(A_k)``, ``B = Σ p_k s_k pad(B_k)`` at a common rank (FedAvg
   when ranks are equal; HetLoRA-style zero padding otherwise).
+* :func:`rowwise_average`: each row of ``A`` averaged over the clients that have it (ranks differ).
 * :func:`stacked_residual`: ``Σ p_k s_k B_k A_k − B A`` as exact low-rank factors (FedEx-LoRA).
 * :func:`orthonormal_refactor`: the same product ``B A`` re-factored as ``(U S) Vh`` (FedSVD).
 * :func:`client_head`: the leading ``r_j`` components of a global adapter at client ``j``'s alpha,
@@ -21,7 +22,7 @@ import torch
 from fedlora.lora.factors import LoraFactors
 from fedlora.lora.linalg import extend_rank, svd_of_weighted_sum
 
-__all__ = ["padded_average", "stacked_residual", "orthonormal_refactor", "client_head"]
+__all__ = ["padded_average", "rowwise_average", "stacked_residual", "orthonormal_refactor", "client_head"]
 
 _MATH = torch.float64
 
@@ -44,6 +45,25 @@ def padded_average(factors: Sequence[LoraFactors], weights: Sequence[float], ran
         A[: f.rank] += float(w) * f.A.to(_MATH)
         B[:, : f.rank] += (float(w) * f.scale) * f.B.to(_MATH)
     return LoraFactors(A.to(out_dtype), B.to(out_dtype), float(rank))
+
+
+def rowwise_average(As: Sequence[torch.Tensor], weights: Sequence[float], rank: int,
+                    out_dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+    """``A[i] = Σ_{k: r_k > i} p_k A_k[i] / Σ_{k: r_k > i} p_k`` for ``i < rank``; rows no client has are 0.
+
+    For a factor that is shared while its partner stays on each client (FedSA-LoRA's ``A``), a row
+    is averaged over exactly the clients that trained it, so a small client does not pull the rows
+    it never had toward zero. ``A_k [r_k, d_in]`` -> ``[rank, d_in]``.
+    """
+    if not As or len(As) != len(weights):
+        raise ValueError(f"rowwise_average needs one weight per factor; got {len(As)} and {len(weights)}")
+    total = torch.zeros(rank, As[0].shape[1], dtype=_MATH)
+    mass = torch.zeros(rank, 1, dtype=_MATH)
+    for A, w in zip(As, weights):
+        r = min(int(A.shape[0]), rank)
+        total[:r] += float(w) * A[:r].to(_MATH)
+        mass[:r] += float(w)
+    return (total / mass.clamp_min(torch.finfo(_MATH).tiny)).to(out_dtype)
 
 
 def stacked_residual(factors: Sequence[LoraFactors], weights: Sequence[float], approx: LoraFactors,

@@ -1,0 +1,118 @@
+"""FedSA-LoRA (Guo et al., "Selective Aggregation for Low-Rank Adaptation in Federated Learning",
+ICLR 2025).
+
+The ``A`` matrices learn what clients share and the ``B`` matrices what is client-specific, so only
+``A`` is aggregated: ``Ā = Σ_k p_k A_k`` (shapes ``A_k [r_k, d_in]``), and every client keeps its own
+``B_k [d_out, r_k]`` across rounds. Client ``k``'s model is ``s_k B_k Ā[:r_k]``: a personalised model.
+Its personal ``B`` lives in a :class:`~fedlora.strategies.personal_store.PersonalStore` (in the run
+folder when the engine attaches one: memory flat in the number of clients); a client in its first
+round starts from ``B = 0``.
+
+Heterogeneous ranks: supported. Row ``i`` of ``Ā`` is averaged over the clients whose rank exceeds
+``i`` (:func:`fedlora.lora.compose.rowwise_average`), so small clients do not pull the rows they never
+had toward zero; client ``k`` receives ``Ā[:r_k]`` (grown with fresh-init rows where no client has
+trained one yet) and its own ``B_k``.
+
+The global model (for evaluation beside the personalised ones, and for export) is ``B̄ Ā`` with
+``B̄ = Σ_k p_k s_k [B_k, 0]``, the weighted mean of the round's personal ``B``, zero-padded.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from fedlora.allocation.plan import ClientPlan
+from fedlora.lora.compose import padded_average, rowwise_average
+from fedlora.lora.factors import Adapter, LoraFactors, Update
+from fedlora.lora.linalg import extend_rank
+from fedlora.modelspec import ModelSpec
+from fedlora.strategies import _common as C
+from fedlora.strategies.base import Payload, RoundResult
+from fedlora.strategies.personal_store import PersonalStore
+
+__all__ = ["FedSALoRA"]
+
+
+class FedSALoRA:
+    """Shared ``A`` (aggregated), personal ``B`` (kept per client).
+
+    Args:
+        seed: seed of the shared fresh init.
+        shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
+    """
+
+    name = "fedsa"
+    heterogeneous_ranks = True
+
+    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
+        self.seed = int(seed)
+        self._shapes: C.Shapes = C.normalize_shapes(shapes)
+        self._A: dict[str, torch.Tensor] = {}
+        self._global: Adapter = {}
+        self.personal = PersonalStore()
+        self._book = C.RoundBook()
+
+    def attach_client_store(self, folder: str | os.PathLike, keep: int = 3) -> None:
+        """Keep the personal ``B`` of every client in ``folder`` (the engine calls this)."""
+        self.personal.attach(folder, keep)
+
+    def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
+        plans_by_id = self._book.start(server_round, plans, "FedSA-LoRA")
+        return {cid: Payload(p, init=self._init_for(p), seed=self.seed) for cid, p in plans_by_id.items()}
+
+    def _init_for(self, plan: ClientPlan) -> Adapter:
+        """Shared ``Ā[:r]`` and the client's own ``B`` (zero in its first round), at the plan's alpha."""
+        own = self.personal.get(plan.client_id) or {}
+        init = {}
+        for m, r in plan.ranks.items():
+            if m not in self._A:
+                continue  # never aggregated: the trainer's shared fresh init
+            r, d_out = int(r), self._shapes[m][0]
+            A = extend_rank(LoraFactors(self._A[m], torch.zeros(d_out, self._A[m].shape[0]), 1.0), r, self.seed, m).A
+            mine = own.get(m)
+            B = mine.B * (mine.scale / (plan.alphas[m] / r)) if mine is not None and mine.rank == r else torch.zeros(d_out, r)
+            init[m] = LoraFactors(A.contiguous(), B, float(plan.alphas[m]))
+        return init
+
+    def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
+        shapes = C.round_shapes(self._shapes, updates)
+        valid, rejected = C.validate_round(self._book, server_round, updates, "FedSA-LoRA", shapes, exact_rank=True)
+        new_A, new_global = dict(self._A), dict(self._global)
+        for module, group in C.by_module(valid, self._book.plans).items():
+            factors, weights = [f for _, f in group], C.example_weights(group)
+            r_max = max(f.rank for f in factors)
+            new_A[module] = rowwise_average([f.A for f in factors], weights, r_max)
+            B = padded_average(factors, weights, r_max).B
+            new_global[module] = LoraFactors(new_A[module], B, float(r_max))
+        for u in valid:
+            kept = {m: f for m, f in u.factors.items()}
+            self.personal.put(u.client_id, {**(self.personal.get(u.client_id) or {}), **kept}, server_round)
+        self._A, self._global = new_A, new_global
+        self._shapes.update({m: shapes[m] for m in new_A})
+        return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected))
+
+    def global_adapter(self) -> Adapter:
+        """``B̄ Ā`` with ``alpha = r`` (scale 1): the shared ``A`` and the round's mean personal ``B``."""
+        return dict(self._global)
+
+    def personal_adapters(self) -> Iterator[tuple[str, Adapter]]:
+        """``(client, s_k B_k Ā[:r_k])`` for every client that has trained, one at a time (sorted)."""
+        for cid, own in self.personal.items():
+            yield cid, {m: LoraFactors(self._A[m][: f.rank].contiguous(), f.B, f.alpha) for m, f in own.items() if m in self._A}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "seed": self.seed, "A": dict(self._A), "global": C.adapter_to_state(self._global),
+                "personal": self.personal.state_dict(), "shapes": C.shapes_to_state(self._shapes), "book": self._book.to_state()}  # fmt: skip
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        C.check_state_name(state, self.name)
+        self.seed = int(state["seed"])
+        self._A = {m: t.clone() for m, t in state["A"].items()}
+        self._global = C.adapter_from_state(state["global"])
+        self.personal.load_state_dict(state["personal"])
+        self._shapes = C.normalize_shapes(state["shapes"])
+        self._book = C.RoundBook.from_state(state["book"])
+
