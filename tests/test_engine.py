@@ -265,3 +265,57 @@ def test_personalised_method_reports_each_clients_own_model_and_keeps_state_on_d
     resumed = Engine(cfg, tmp_path / "split").run(resume=True)
     for (c1, a1), (c2, a2) in zip(result.strategy.personal_adapters(), resumed.strategy.personal_adapters(), strict=True):
         assert c1 == c2 and all(torch.equal(a1[m].B, a2[m].B) and torch.equal(a1[m].A, a2[m].A) for m in a1)
+
+
+# ----------------------------------------------------------------------------- asynchronous (FedBuff) mode
+
+
+def test_rebase_moves_a_stale_change_onto_the_current_factors():
+    from fedlora.allocation.plan import ClientPlan
+    from fedlora.engine.asynchronous import rebase_update, staleness_weight
+    from fedlora.lora.factors import LoraFactors, Update
+    from fedlora.strategies.base import Payload
+
+    plan = ClientPlan("c", {"m": 2}, {"m": 4.0})
+    then = Payload(plan, init={"m": LoraFactors(torch.ones(2, 3), torch.zeros(5, 2), 4.0)})
+    now = Payload(plan, init={"m": LoraFactors(2 * torch.ones(2, 3), torch.ones(5, 2), 4.0)})
+    sent = Update("c", {"m": LoraFactors(torch.full((2, 3), 1.5), torch.full((5, 2), 0.25), 4.0)}, 10)
+    out = rebase_update(sent, then, now, staleness_weight(3, 0.5))
+    torch.testing.assert_close(out.factors["m"].A, torch.full((2, 3), 2.5))   # 2 + (1.5 - 1)
+    torch.testing.assert_close(out.factors["m"].B, torch.full((5, 2), 1.25))  # 1 + (0.25 - 0)
+    assert out.num_examples == round(1000 * 10 * 0.5)                         # (1 + 3)^-0.5
+
+
+def _async_config(data_file, rounds=4, per_round=2, **run):
+    return tiny_config(data_file, run={"rounds": rounds, "mode": "async", "buffer_size": 1, **run},
+                       clients={"speeds": [10.0, 10.0, 10.0, 1.0], "clients_per_round": per_round})
+
+
+def test_async_mode_a_ten_times_slower_client_never_blocks_and_arrives_stale(data_file, tmp_path):
+    # all 4 clients in flight, one update per aggregation: the slow client (4 steps at 1 step/s) arrives at t = 4 s
+    result = Engine(_async_config(data_file, rounds=32, per_round=4), tmp_path / "a").run()
+    rounds = [r for r in result.records if r["type"] == "round"]
+    clients = [r for r in result.records if r["type"] == "client"]
+    assert result.completed_rounds == 32 and all(r["accepted"] == 1 for r in rounds)
+    assert max(r["sim_seconds"] for r in rounds) <= 0.4 + 1e-9  # no aggregation ever waits for the slow client
+    (slow,) = [c for c in clients if c["speed"] == 1.0]
+    assert slow["sim_arrival"] == pytest.approx(4.0) and slow["staleness"] >= 20 and slow["status"] == "ok"
+    assert rounds[-1]["sim_clock"] == pytest.approx(sum(r["sim_seconds"] for r in rounds))
+    # the same seed gives the same run
+    again = Engine(_async_config(data_file, rounds=32, per_round=4), tmp_path / "b").run()
+    _assert_same_adapter(result.strategy.global_adapter(), again.strategy.global_adapter())
+    assert [c["client"] for c in clients] == [c["client"] for c in again.records if c["type"] == "client"]
+
+
+def test_async_resume_equals_the_uninterrupted_run(data_file, tmp_path):
+    full = Engine(_async_config(data_file), tmp_path / "full").run()
+    Engine(_async_config(data_file), tmp_path / "split").run(stop_after=2)
+    resumed = Engine(_async_config(data_file), tmp_path / "split").run(resume=True)
+    _assert_same_adapter(full.strategy.global_adapter(), resumed.strategy.global_adapter())
+
+
+def test_async_refuses_methods_that_cannot_rebase(data_file):
+    from fedlora.config import ConfigError
+
+    with pytest.raises(ConfigError, match="run.mode = 'async' works with strategies"):
+        tiny_config(data_file, run={"mode": "async"}, strategy={"name": "flora"})

@@ -76,6 +76,11 @@ class RunSection:
     checkpoint_every: int = opt(1, "write a resumable checkpoint every k rounds (the last round always)", ge=1)
     keep_checkpoints: int = opt(2, "checkpoints kept (checkpoint.pt, checkpoint.1.pt, ...): a corrupt newest one falls back "
                                 "to the previous", ge=1)
+    mode: str = opt("sync", "'sync' rounds, or 'async': buffered asynchronous aggregation on the simulated clock "
+                    "(FedBuff; clients_per_round clients in flight, `rounds` aggregations); see fedlora.engine.asynchronous",
+                    choices=("sync", "async"))
+    buffer_size: int = opt(0, "async: updates per aggregation (0: half of clients_per_round, at least 1)", ge=0)
+    staleness_exponent: float = opt(0.5, "async: an update tau versions stale is weighted by (1 + tau)^-a", ge=0)
     deadline: float = opt(0.0, "round deadline in simulated seconds (0: none): a client whose local steps and transfers "
                           "do not fit is a straggler (see `stragglers`); see fedlora.engine.clock", ge=0)
     stragglers: str = opt("drop", "a straggler is dropped from the round ('drop') or trains the steps that fit the "
@@ -351,6 +356,23 @@ def _strategy_errors(s: StrategySection) -> list[str]:
     return errors
 
 
+def _async_errors(cfg: "Config") -> list[str]:
+    if cfg.run.mode != "async":
+        return []
+    from fedlora.engine.asynchronous import ASYNC_METHODS
+
+    name, errors = cfg.strategy.name, []
+    base = str(cfg.strategy.params.get("base", "fedit")).lower() if name == "fedprox" else name
+    if name not in ASYNC_METHODS or base not in ASYNC_METHODS:
+        errors.append(f"run.mode = 'async' works with strategies {', '.join(ASYNC_METHODS)} (their rounds only move the factors a "
+                      f"client starts from, so a stale update can be rebased), not {name!r}; use run.mode = 'sync'")
+    if cfg.run.deadline > 0:
+        errors.append("run.deadline applies to synchronous rounds; in run.mode = 'async' slow clients never block, so set run.deadline = 0")
+    if cfg.privacy.clip_norm > 0:
+        errors.append("privacy.clip_norm with run.mode = 'async': DP accounting assumes synchronous rounds; use run.mode = 'sync'")
+    return errors
+
+
 def needs_one_rank(cfg: "Config") -> bool:
     """Whether ``strategy.name`` needs one rank per module across clients (its ``heterogeneous_ranks``
     is false; FedProx answers for its ``base`` method)."""
@@ -465,6 +487,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
         errors.extend(_data_errors(cfg.data) + _clients_errors(cfg))
     if not any(e.startswith("strategy.name") for e in errors):
         errors.extend(_strategy_errors(cfg.strategy))
+    errors.extend(_async_errors(cfg))
     if cfg.privacy.clip_norm > 0 and cfg.strategy.name not in ("fedit", "ffa"):
         errors.append(f"privacy.clip_norm = {cfg.privacy.clip_norm}: client-level DP is implemented for strategy 'fedit' and "
                       f"'ffa' (their server averages a clipped sum), not {cfg.strategy.name!r}; set privacy.clip_norm = 0 or "

@@ -20,7 +20,8 @@ from typing import Any, Mapping
 
 from fedlora.config import Config, config_to_dict, dumps_toml
 from fedlora.engine import build
-from fedlora.engine.clock import client_clocks, schedule_round
+from fedlora.engine.asynchronous import AsyncState, InFlight, rebase_update, staleness_weight
+from fedlora.engine.clock import ClientWork, client_clocks, schedule_round
 from fedlora.engine.checkpoint import (CheckpointError, config_differences, load_checkpoint, remove_stale_temp_files,
                                       rng_state, save_checkpoint, set_rng_state)
 from fedlora.engine.lock import RunFolderLocked, RunLock
@@ -179,6 +180,8 @@ class Engine:
         self.trainer = LocalTrainer(self.model, self.tokenizer, build.build_train_config(self.cfg))
         self.per_round = clients_per_round(self.cfg.clients.clients_per_round, len(self.data.client_ids))
         self.clocks = client_clocks(self.data.client_ids, client_speeds(self.cfg), self.cfg.clients.link_mb_per_s)
+        self.async_state = AsyncState() if self.cfg.run.mode == "async" else None
+        self.buffer_size = self.cfg.run.buffer_size or max(1, self.per_round // 2)
         attach = getattr(self.strategy, "attach_client_store", None)  # personalised methods keep per-client state on disk
         if attach is not None:
             attach(self.run_dir / "client_state", keep=self.cfg.run.keep_checkpoints * self.cfg.run.checkpoint_every + 1)
@@ -222,6 +225,8 @@ class Engine:
             return 1
         self.strategy.load_state_dict(ckpt["strategy"])
         self.planner.load_state_dict(ckpt["planner"])
+        if self.async_state is not None:
+            self.async_state = AsyncState.from_state(ckpt["async"])
         set_rng_state(ckpt["rng"])
         self.progress.message(f"resuming {self.run_dir} after round {ckpt['round']}")
         return int(ckpt["round"]) + 1
@@ -252,14 +257,14 @@ class Engine:
         if self.planner.needs_importance:
             self.progress.message("fed-pilot: scoring module importance on each client's data")
             self.planner.score_clients(self.model, self.tokenizer, self.data.clients)
-        steps = self.per_round * self.cfg.train.local_steps
+        steps = (self.per_round if self.async_state is None else self.buffer_size) * self.cfg.train.local_steps
         self.progress.start(rounds * steps, (first - 1) * steps, rounds)
         last = first - 1
         try:
             if first == 1 and (self.cfg.eval.at_start or stop_after == 0):
                 self._evaluate(0)
             for server_round in range(first, rounds + 1 if stop_after != 0 else first):
-                self._round(server_round)
+                self._async_round(server_round) if self.async_state is not None else self._round(server_round)
                 if _due(server_round, self.cfg.run.eval_every, rounds):
                     self._evaluate(server_round)
                 if _due(server_round, self.cfg.run.checkpoint_every, rounds):
@@ -295,7 +300,57 @@ class Engine:
             self.log.append(record)
         self._log_round(server_round, records, result, time.perf_counter() - started, sim_seconds)
 
-    def _train_client(self, server_round: int, cid: str, payload: Any, work: Any) -> tuple[dict, Any]:
+    def _clock(self) -> float:
+        last = next((r for r in reversed(self.log.records) if r.get("type") == "round"), None)
+        return float((last or {}).get("sim_clock", 0.0))
+
+    def _async_round(self, version: int) -> None:
+        """Collect ``buffer_size`` arrivals on the simulated clock, then aggregate them (global version ``version``)."""
+        started, st, before = time.perf_counter(), self.async_state, self._clock()
+        self.progress.round_start(version, [])
+        now = before
+        self._dispatch(version, now, exclude=set())
+        arrived = []
+        while len(arrived) < self.buffer_size and st.in_flight:
+            flight = st.pop_next()
+            now = flight.arrival
+            arrived.append(flight)
+            self._dispatch(version, now, exclude={f.client_id for f in arrived})
+        ok = [f for f in arrived if f.update is not None]
+        result = None
+        if ok:
+            now_payloads = self.strategy.configure(version, [f.payload.plan for f in ok])
+            rebased = [rebase_update(f.update, f.payload, now_payloads[f.client_id],
+                                     staleness_weight(version - 1 - f.version, self.cfg.run.staleness_exponent)) for f in ok]  # fmt: skip
+            result = guarded_aggregate(self.strategy, version, rebased, norm_bound=self.cfg.strategy.norm_bound)
+        rejected = dict(result.rejected) if result else {}
+        records = []
+        for f in arrived:
+            record = f.record | {"round": version, "dispatched_version": f.version, "staleness": version - 1 - f.version,
+                                 "sim_arrival": f.arrival}  # fmt: skip
+            if f.client_id in rejected:
+                record.update(status="rejected", error=rejected[f.client_id])
+            records.append(self.log.append(record))
+        self._log_round(version, records, result, time.perf_counter() - started, now - before)
+
+    def _dispatch(self, version: int, now: float, exclude: set[str]) -> None:
+        """Keep ``clients_per_round`` clients in flight: each idle pick is sent the current global adapter and
+        trains now; its update arrives after its simulated time."""
+        st = self.async_state
+        while len(st.in_flight) < self.per_round:
+            number = st.dispatched
+            cid = st.pick(self.data.client_ids, st.busy() | exclude, self.cfg.run.seed)
+            if cid is None:
+                return
+            plan = self.planner.plans(version, [cid], self.strategy)[cid]
+            payload = self.strategy.configure(version, [plan])[cid]
+            clock = self.clocks[cid]
+            steps = self.trainer.config.local_steps
+            seconds = clock.seconds(steps, payload_bytes(payload) + planned_upload_bytes(payload, self.shapes))
+            record, update = self._train_client(version, cid, payload, ClientWork(steps, seconds, False), seed_round=f"async-{number}")
+            st.in_flight.append(InFlight(now + seconds, cid, version - 1, payload, update, record))
+
+    def _train_client(self, server_round: int, cid: str, payload: Any, work: Any, seed_round: Any = None) -> tuple[dict, Any]:
         plan, examples = payload.plan, self.data.clients[cid]
         record = {"type": "client", "round": server_round, "client": cid, "rank": max(plan.ranks.values()),
                   "trained_modules": len(plan.trainable_modules), "num_examples": len(examples),
@@ -311,8 +366,8 @@ class Engine:
         self.progress.client_start(server_round, cid, record["rank"], work.steps)
         started = time.perf_counter()
         try:
-            update = self.trainer.train(payload, examples, client_seed=client_seed(self.cfg.run.seed, server_round, cid),
-                                        on_step=self.progress.step, steps=work.steps)  # fmt: skip
+            seed = client_seed(self.cfg.run.seed, server_round if seed_round is None else seed_round, cid)
+            update = self.trainer.train(payload, examples, client_seed=seed, on_step=self.progress.step, steps=work.steps)
         except Exception as err:  # a failing client is reported and skipped; the round goes on
             record.update(status="failed", error=_error_summary(err), seconds=time.perf_counter() - started)
             with (self.run_dir / ERRORS_FILE).open("a", encoding="utf-8") as f:
@@ -394,6 +449,7 @@ class Engine:
             "round": server_round, "config": config_to_dict(self.cfg), "strategy": self.strategy.state_dict(),
             "planner": self.planner.state_dict(), "rng": rng_state(), "records": self.log.records,
             "elapsed": self._elapsed_before + time.perf_counter() - self._started, "client_ids": list(self.data.client_ids),
+            **({"async": self.async_state.to_state()} if self.async_state is not None else {}),
         })  # fmt: skip
 
     def _finish(self, last: int) -> RunResult:
