@@ -1,4 +1,8 @@
-"""fedlora.flower: run any fedlora federation on Flower (flwr 1.41, Message API).
+"""fedlora.flower: run any fedlora federation on Flower (flwr 1.41-1.42, Message API).
+
+- :mod:`~fedlora.flower.strategy` / :mod:`~fedlora.flower.client_helpers`: ``FedLoraStrategy``, any
+  fedlora method behind Flower's ``Strategy`` interface for your own ServerApp, and the helpers your
+  ClientApp answers it with (``train_reply``, ``reply_from_factors``, ``evaluate_reply``);
 
 - :mod:`~fedlora.flower.server_app` / :mod:`~fedlora.flower.client_app`: the ServerApp and
   ClientApp (``app`` objects) that ``fedlora flower app`` folders point Flower at;
@@ -22,6 +26,7 @@ from typing import Any
 __all__ = [
     "FlowerServer", "FlowerOptions", "ServerRecipe", "NodeRecipe", "NodeData", "LocalGrid", "LocalFederation",
     "run_in_process", "write_app", "write_credentials", "recipes_from_fedlora_config", "MalformedMessageError",
+    "FedLoraStrategy", "read_train", "train_reply", "reply_from_factors", "evaluate_reply",
 ]  # fmt: skip
 
 _LOCATIONS = {
@@ -29,7 +34,9 @@ _LOCATIONS = {
     "NodeRecipe": "fedlora.flower.recipe", "NodeData": "fedlora.flower.recipe", "LocalGrid": "fedlora.flower.local_grid",
     "run_in_process": "fedlora.flower.local_grid", "LocalFederation": "fedlora.flower.deploy", "write_app": "fedlora.flower.app_dir",
     "write_credentials": "fedlora.flower.certs", "recipes_from_fedlora_config": "fedlora.flower.from_config",
-    "MalformedMessageError": "fedlora.flower.serialization",
+    "MalformedMessageError": "fedlora.flower.serialization", "FedLoraStrategy": "fedlora.flower.strategy",
+    "read_train": "fedlora.flower.client_helpers", "train_reply": "fedlora.flower.client_helpers",
+    "reply_from_factors": "fedlora.flower.client_helpers", "evaluate_reply": "fedlora.flower.client_helpers",
 }  # fmt: skip
 
 
