@@ -1,13 +1,15 @@
 """Per-round cost of running a fedlora config on Flower, next to the in-process engine.
 
-Three ways to run the same config (same plans, payloads and updates):
+Four ways to run the same config (same plans, payloads and updates):
 
 - ``engine``: ``fedlora run`` (one process, clients one after another);
 - ``inprocess``: fedlora's ServerApp/ClientApp through an in-process Flower Grid (Flower's
   message objects and wire encoding, no SuperLink): the cost of fedlora's Flower layer itself;
+- ``simulation``: Flower's own simulation runtime (``flwr run APP local``, Ray): ClientApps live in
+  Ray actors across messages, as Flower users simulate;
 - ``deployment``: a real SuperLink and one SuperNode per client on loopback (``--secure`` adds
-  TLS and SuperNode authentication): what a user of ``flwr run`` pays, including Flower 1.41
-  starting a fresh ClientApp process for every message.
+  TLS and SuperNode authentication): what a user of ``flwr run`` pays, including Flower (1.41 and
+  1.42) starting a fresh ClientApp process for every message.
 
 Printed per mode: mean seconds per training round, the overhead next to ``engine`` (absolute and
 ratio), the mean local-training seconds per client (the useful work), the seconds per round not
@@ -119,6 +121,22 @@ def run_deployment(text: str, work: Path, nodes: int, secure: bool) -> dict:
             "processes": len(pids), "messages": len(clients), "load": statistics.mean(loads) if loads else 0.0}  # fmt: skip
 
 
+def run_simulation(text: str, work: Path, nodes: int) -> dict:
+    """Flower's own simulation runtime (``flwr run APP local``, Ray actors that stay alive across messages)."""
+    from fedlora.flower.app_dir import write_app
+    from fedlora.flower.simulation import simulate_with_flower
+
+    start = time.perf_counter()
+    out = work / "simulation"
+    app = write_app(text, work / "sim-app", options={"out-dir": str(out), "round-timeout": 900, "query-timeout": 900})
+    simulate_with_flower(app, work / "sim", num_supernodes=nodes, timeout=3600)
+    rounds, train, clients, other = _rounds(_read(out), parallel=True)
+    pids = {c["pid"] for c in clients if "pid" in c}
+    loads = [c["model_load_seconds"] for c in clients if "model_load_seconds" in c]
+    return {"mode": "flower simulation (Ray)", "rounds": rounds, "train": train, "other": other, "wall": time.perf_counter() - start,
+            "processes": len(pids), "messages": len(clients), "load": statistics.mean(loads) if loads else 0.0}  # fmt: skip
+
+
 def _read(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
@@ -141,7 +159,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", help="fedlora TOML config (default: a built-in tiny one)")
     p.add_argument("--set", action="append", default=[], help="config override section.key=value (repeatable)")
-    p.add_argument("--modes", default="engine,inprocess,deployment", help="comma-separated subset of engine,inprocess,deployment")
+    p.add_argument("--modes", default="engine,inprocess,simulation,deployment",
+                   help="comma-separated subset of engine,inprocess,simulation,deployment")
     p.add_argument("--secure", action="store_true", help="deployment with TLS and SuperNode authentication")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args()
@@ -155,6 +174,8 @@ def main() -> None:
             results.append(run_engine(text, work))
         if "inprocess" in modes:
             results.append(run_inprocess(text, work, nodes))
+        if "simulation" in modes:
+            results.append(run_simulation(text, work, nodes))
         if "deployment" in modes:
             results.append(run_deployment(text, work, nodes, args.secure))
     print(f"{nodes} clients, {len(results[0]['rounds'])} rounds; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
