@@ -75,6 +75,7 @@ STRATEGIES = {
     "rolora": {},
     "fedsvd": {},
     "fedsa": {},
+    "feddpa": {"strategy": {"name": "feddpa", "global_rank": 2}},
     "fedprox": {"strategy": {"name": "fedprox", "mu": 0.01, "base": "flexlora"}},
     "local": {},
 }

@@ -184,3 +184,31 @@ def test_fedsa_personal_state_lives_on_disk_and_resumes(tmp_path):
     b = restored.configure(4, [make_plan("c1", {Q: 2, UP: 2})])["c1"].init
     for m in (Q, UP):
         assert torch.equal(a[m].A, b[m].A) and torch.equal(a[m].B, b[m].B)
+
+
+# ----------------------------------------------------------------------------- FedDPA
+
+
+def test_feddpa_averages_the_global_part_and_keeps_each_personal_part():
+    s = make_strategy("feddpa", seed=0, global_rank=2)
+    ranks = [{Q: 3, UP: 2}, {Q: 5, UP: 4}]
+    _, u1 = _round(s, 1, ranks, seed=20)
+    s.aggregate(1, u1)
+    p = [u.num_examples / sum(v.num_examples for v in u1) for u in u1]
+    for m in (Q, UP):
+        # the global adapter: FedAvg of the first g = 2 components, scale folded into B
+        A_g = sum(w * u.factors[m].A.double()[:2] for w, u in zip(p, u1))
+        B_g = sum(w * u.factors[m].scale * u.factors[m].B.double()[:, :2] for w, u in zip(p, u1))
+        assert rel_err(dense(s.global_adapter(), m), B_g @ A_g) < 1e-6
+    # each client's model: the global part plus its own personal components, exactly
+    personal = dict(s.personal_adapters())
+    for k, cid in enumerate(("c0", "c1")):
+        for m in (Q, UP):
+            f = u1[k].factors[m]
+            own = f.scale * f.B.double()[:, 2:] @ f.A.double()[2:]
+            assert rel_err(dense(personal[cid], m), dense(s.global_adapter(), m) + own) < 1e-6
+    # round 2 hands each client [global; personal] at its own rank
+    nxt = s.configure(2, [make_plan("c1", ranks[1])])["c1"].init
+    assert rel_err(lora_delta(nxt[Q]), dense(personal["c1"], Q)) < 1e-6
+    with pytest.raises(ValueError, match="below the global adapter's rank 2"):
+        s.configure(3, [make_plan("tiny", {Q: 1, UP: 2})])

@@ -31,7 +31,11 @@ def _ranks(strategy: Strategy, k: int) -> dict[str, int]:
 
 
 def _models(strategy: Strategy) -> list[dict]:
-    """The adapters a strategy is evaluated with: its global one, or each client's (local-only)."""
+    """The models a strategy hands its clients: each client's own (personalised methods, local-only),
+    else its global one."""
+    personal = getattr(strategy, "personal_adapters", None)
+    if personal is not None:
+        return [a for _, a in personal()]
     per_client = getattr(strategy, "evaluation_adapters", None)
     return list(per_client().values()) if per_client else [strategy.global_adapter()]
 
