@@ -76,6 +76,20 @@ def test_batch_schedule_cycles_the_data_and_is_seeded():
     assert batch_schedule(3, 8, 2, torch.Generator().manual_seed(0))[0].__len__() == 3
 
 
+def test_grouping_by_length_keeps_the_examples_and_cuts_the_padding():
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    lengths = [(i * 37) % 90 + 5 for i in range(64)]
+    plain = batch_schedule(64, 4, 32, gen())
+    grouped = batch_schedule(64, 4, 32, gen(), lengths)
+    assert sorted(i for b in grouped for i in b) == sorted(i for b in plain for i in b)  # the same examples, 2 epochs
+    assert all(len(b) == 4 for b in grouped) and grouped == batch_schedule(64, 4, 32, gen(), lengths)
+    padded = lambda batches: sum(4 * max(lengths[i] for i in b) for b in batches)  # noqa: E731
+    assert padded(grouped) < 0.8 * padded(plain)
+    trainer = _trainer(local_steps=3, group_by_length=True)
+    update = trainer.train(Payload(_plan()), DATA, client_seed=0)
+    assert update.metrics["steps"] == 3.0
+
+
 # ----------------------------------------------------------------------------- training
 
 

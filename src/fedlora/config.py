@@ -193,6 +193,8 @@ class TrainSection:
     optimizer: str = opt("adamw", "local optimizer", choices=("adamw", "sgd"))
     grad_checkpointing: bool = opt(False, "recompute activations in backward (less memory, ~30% slower)")
     dropout: float = opt(0.0, "LoRA dropout", ge=0, le=0.99)
+    group_by_length: bool = opt(False, "batches of similar lengths (sorted within windows of 16 batches of each shuffled "
+                                "epoch), so less padding is computed; changes which examples share a batch")
 
 
 @dataclass(frozen=True)

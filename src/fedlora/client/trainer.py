@@ -49,6 +49,7 @@ class TrainConfig:
         optimizer: ``"adamw"`` or ``"sgd"``; a fresh optimizer state per client and round.
         grad_checkpointing: recompute activations in the backward pass (less memory, ~30% slower).
         dropout: LoRA dropout on the adapter input.
+        group_by_length: batches of similar lengths (:func:`batch_schedule`'s ``lengths``).
     """
 
     local_steps: int = 10
@@ -60,6 +61,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     grad_checkpointing: bool = False
     dropout: float = 0.0
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         errors = []
@@ -89,14 +91,30 @@ class TrainConfig:
         return cls(**dict(data))
 
 
-def batch_schedule(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[list[int]]:
+def batch_schedule(n: int, batch_size: int, steps: int, generator: torch.Generator,
+                   lengths: Sequence[int] | None = None, window: int = 16) -> list[list[int]]:  # fmt: skip
     """Indices of ``steps`` batches of ``min(batch_size, n)``: consecutive slices of a stream of
-    random permutations of ``range(n)`` (the data cycles, each epoch reshuffled)."""
+    random permutations of ``range(n)`` (the data cycles, each epoch reshuffled).
+
+    With ``lengths`` (tokens per example), each run of ``window`` batches of the stream is sorted by
+    length before it is cut into batches, whose order is then shuffled (as transformers'
+    ``group_by_length``): every example is still seen once per epoch, and a batch pads to a length
+    close to its own examples'.
+    """
     size = min(batch_size, n)
     stream: list[int] = []
     while len(stream) < size * steps:
         stream.extend(torch.randperm(n, generator=generator).tolist())
-    return [stream[i * size : (i + 1) * size] for i in range(steps)]
+    stream = stream[: size * steps]
+    if lengths is None:
+        return [stream[i * size : (i + 1) * size] for i in range(steps)]
+    batches: list[list[int]] = []
+    for start in range(0, len(stream), size * window):
+        chunk = sorted(stream[start : start + size * window], key=lambda i: (lengths[i], i))
+        group = [chunk[i : i + size] for i in range(0, len(chunk), size)]
+        order = torch.randperm(len(group), generator=generator).tolist()
+        batches.extend(group[j] for j in order)
+    return batches
 
 
 class LocalTrainer:
@@ -238,7 +256,8 @@ class LocalTrainer:
         optimizer = _make_optimizer(cfg, params)
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ValueError(f"steps must be an int >= 1 (or None for config.local_steps), got {steps!r}")
-        batches = batch_schedule(len(data), cfg.batch_size, steps or cfg.local_steps, torch.Generator().manual_seed(client_seed))
+        lengths = [len(d["input_ids"]) for d in data] if cfg.group_by_length else None
+        batches = batch_schedule(len(data), cfg.batch_size, steps or cfg.local_steps, torch.Generator().manual_seed(client_seed), lengths)
         pad_id, device = self.tokenizer.pad_token_id, self.device
         losses, penalties = [], []
         with _training_mode(model, cfg.grad_checkpointing), _seeded(client_seed, device):

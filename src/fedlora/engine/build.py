@@ -88,7 +88,7 @@ def build_train_config(cfg: Config):
     t = cfg.train
     return TrainConfig(local_steps=t.local_steps, batch_size=t.batch_size, lr=t.lr, max_length=t.max_length,
                        weight_decay=t.weight_decay, grad_clip=t.grad_clip or None, optimizer=t.optimizer,
-                       grad_checkpointing=t.grad_checkpointing, dropout=t.dropout)  # fmt: skip
+                       grad_checkpointing=t.grad_checkpointing, dropout=t.dropout, group_by_length=t.group_by_length)  # fmt: skip
 
 
 def eval_kwargs(cfg: Config) -> dict[str, Any]:
