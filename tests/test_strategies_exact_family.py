@@ -212,3 +212,35 @@ def test_feddpa_averages_the_global_part_and_keeps_each_personal_part():
     assert rel_err(lora_delta(nxt[Q]), dense(personal["c1"], Q)) < 1e-6
     with pytest.raises(ValueError, match="below the global adapter's rank 2"):
         s.configure(3, [make_plan("tiny", {Q: 1, UP: 2})])
+
+
+# ----------------------------------------------------------------------------- FedRA
+
+
+def test_fedra_allocates_random_layers_per_round_and_averages_per_module():
+    from fedlora.allocation.plan import ClientPlan
+
+    modules = [f"model.layers.{i}.self_attn.q_proj" for i in range(6)]
+    plans = [ClientPlan.uniform(f"c{k}", modules, rank=2, alpha=4.0) for k in range(3)]
+    s = make_strategy("fedra", seed=0, layer_fraction=0.5, fractions={"c2": 1 / 6})
+    p1 = s.configure(1, plans)
+    assert [len(p1[c].options["submodel_layers"]) for c in ("c0", "c1", "c2")] == [3, 3, 1]
+    for cid, payload in p1.items():
+        assert sorted({int(m.split(".")[2]) for m in payload.plan.ranks}) == payload.options["submodel_layers"]
+    again = make_strategy("fedra", seed=0, layer_fraction=0.5, fractions={"c2": 1 / 6}).configure(1, plans)
+    assert all(again[c].options == p1[c].options for c in p1)  # seeded
+    assert any(s.allocate(2, p) != s.allocate(1, p) for p in plans)  # re-drawn every round
+    gen = torch.Generator().manual_seed(30)
+    shapes = {m: (12, 10) for m in modules}
+    updates = [simulate_client(p1[c], gen, 2 + k, shapes) for k, c in enumerate(("c0", "c1", "c2"))]
+    s.aggregate(1, updates)
+    g = s.global_adapter()
+    for m in modules:  # each module: FedAvg over exactly the clients that trained it
+        trained = [u for u in updates if m in u.factors]
+        if not trained:
+            assert m not in g
+            continue
+        total = sum(u.num_examples for u in trained)
+        A = sum(u.num_examples / total * u.factors[m].A.double() for u in trained)
+        B = sum(u.num_examples / total * u.factors[m].scale * u.factors[m].B.double() for u in trained)
+        assert rel_err(dense(g, m), B @ A) < 1e-6

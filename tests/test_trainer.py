@@ -198,6 +198,23 @@ def test_proximal_term_matches_a_hand_computation_and_keeps_factors_near_the_sta
     assert drift(held) < 0.5 * drift(free) and held.metrics["train_penalty"] >= 0
 
 
+def test_a_sub_model_of_some_decoder_layers_trains_and_the_model_is_restored():
+    from fedlora.client.trainer import decoder_layer_subset
+
+    trainer = _trainer(local_steps=2)
+    snap, n_layers = _snapshot(trainer.model), len(trainer.model.get_decoder().layers)
+    with decoder_layer_subset(trainer.model, [1]):
+        assert len(trainer.model.get_decoder().layers) == 1
+        short = _logits(trainer.model)
+    assert len(trainer.model.get_decoder().layers) == n_layers and not torch.allclose(short, _logits(trainer.model))
+    plan = _plan(ranks={Q1: 4, D1: 2})  # layer 1's modules only
+    update = trainer.train(Payload(plan, options={"submodel_layers": [1]}), DATA, client_seed=0)
+    assert sorted(update.factors) == [D1, Q1] and update.metrics["steps"] == 2.0
+    _assert_same(trainer.model, snap)
+    with pytest.raises(ValueError, match=r"submodel_layers \[5\] must be"):
+        trainer.train(Payload(plan, options={"submodel_layers": [5]}), DATA, client_seed=0)
+
+
 def test_payload_init_alpha_is_converted_to_the_plan_alpha():
     trainer = _trainer()
     plan = _plan(ranks={Q0: 4})

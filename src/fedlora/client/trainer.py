@@ -30,7 +30,7 @@ from fedlora.lora.factors import Adapter, LoraFactors, Update
 from fedlora.lora.linalg import init_lora_factors, rescale_alpha
 from fedlora.strategies.base import Payload
 
-__all__ = ["TrainConfig", "LocalTrainer", "answer_loss"]
+__all__ = ["TrainConfig", "LocalTrainer", "answer_loss", "decoder_layer_subset"]
 
 _OPTIMIZERS = ("adamw", "sgd")
 
@@ -167,7 +167,8 @@ class LocalTrainer:
         with self._guard(), self.layers.installed(plan, factors, dropout=cfg.dropout, trainable=trainable,
                                                   train_A=payload.train_A, train_B=payload.train_B) as layers:
             setup = time.perf_counter() - start
-            losses, penalties = self._loop(layers, trainable, data, rules, factors, client_seed, on_step, steps)
+            with decoder_layer_subset(self.model, payload.options.get("submodel_layers")):
+                losses, penalties = self._loop(layers, trainable, data, rules, factors, client_seed, on_step, steps)
             trained = {m: LoraFactors(_weight(layers[m], "lora_A"), _weight(layers[m], "lora_B"), factors[m].alpha)
                        for m in sorted(trainable)}
         for rule in rules:
@@ -297,6 +298,31 @@ def answer_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> to
     keep = targets != IGNORE_INDEX
     logits = head(hidden[:, :-1][keep]).float()
     return torch.nn.functional.cross_entropy(logits, targets[keep])
+
+
+@contextmanager
+def decoder_layer_subset(model: torch.nn.Module, keep: Sequence[int] | None) -> Iterator[None]:
+    """Run the model through the decoder layers ``keep`` only (a sub-model, FedRA), restored on exit.
+
+    ``payload.options["submodel_layers"]`` asks for it. Adapters are installed on the full model first
+    (module paths keep their layer numbers); the layer list is swapped for the forward passes.
+    ``None`` leaves the model whole. Needs a decoder with a ``layers`` ModuleList (Llama-style models).
+    """
+    if keep is None:
+        yield
+        return
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    full = getattr(decoder, "layers", None)
+    if not isinstance(full, torch.nn.ModuleList):
+        raise ValueError("submodel_layers needs a decoder with a `layers` ModuleList (Llama-style models); this model has none")
+    indices = sorted({int(i) for i in keep})
+    if not indices or indices[0] < 0 or indices[-1] >= len(full):
+        raise ValueError(f"submodel_layers {list(keep)} must be non-empty indices in [0, {len(full)})")
+    decoder.layers = torch.nn.ModuleList([full[i] for i in indices])
+    try:
+        yield
+    finally:
+        decoder.layers = full
 
 
 def _has_module(model: torch.nn.Module, path: str) -> bool:

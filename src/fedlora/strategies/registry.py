@@ -15,7 +15,7 @@ from fedlora.strategies.base import Strategy
 __all__ = ["STRATEGY_NAMES", "strategy_class", "make_strategy"]
 
 STRATEGY_NAMES: tuple[str, ...] = ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd",
-                                   "fedsa", "feddpa", "fedprox", "local")
+                                   "fedsa", "feddpa", "fedra", "fedprox", "local")
 """Every registered federated LoRA method, in the order reports list them."""
 
 _LOCATIONS: dict[str, tuple[str, str]] = {
@@ -30,6 +30,7 @@ _LOCATIONS: dict[str, tuple[str, str]] = {
     "fedsvd": ("fedlora.strategies.fedsvd", "FedSVD"),
     "fedsa": ("fedlora.strategies.fedsa", "FedSALoRA"),
     "feddpa": ("fedlora.strategies.feddpa", "FedDPA"),
+    "fedra": ("fedlora.strategies.fedra", "FedRA"),
     "fedprox": ("fedlora.strategies.fedprox", "FedProx"),
     "local": ("fedlora.strategies.local", "LocalOnly"),
 }
