@@ -47,7 +47,8 @@ def test_app_folder_is_a_valid_flower_app(tmp_path):
     assert valid, errors
     config = pyproject["tool"]["flwr"]["app"]["config"]
     assert config["fedlora-config"] == TINY and config["round-timeout"] == 30.0 and config["fedlora-set"] == "train.lr=0.01"
-    assert config["out-dir"] == str((tmp_path / "app" / "results").resolve())
+    assert config["out-dir"] == ""  # no absolute path of this machine: a copied app does not write into this folder
+    assert str(tmp_path) not in (tmp_path / "app" / "pyproject.toml").read_text()
 
 
 def test_fedlora_set_is_always_a_known_run_config_key(tmp_path):

@@ -205,3 +205,13 @@ def test_a_second_run_into_a_used_folder_is_refused(tmp_path):
     _smoke(tmp_path, **{"smoke-rounds": 1})
     with pytest.raises(Exception, match="already holds a run"):
         _smoke(tmp_path, **{"smoke-rounds": 1})
+
+
+def test_clients_without_a_node_are_reported_and_the_run_goes_on(tmp_path, capsys):
+    # the config has 3 clients; only 2 nodes connect (node-wait-timeout short)
+    text = _config_text("flexlora")
+    _flower(tmp_path, text, nodes=_nodes(3)[:2], node_wait_timeout=1.0)
+    out = capsys.readouterr().out
+    assert "1 of the config's clients have no node (never connected or refused): client_002" in out
+    rounds = _records(tmp_path, "round")
+    assert len(rounds) == 2 and all(r["accepted"] == 2 for r in rounds)

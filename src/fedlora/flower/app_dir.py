@@ -46,8 +46,11 @@ def write_app(config_text: str, out_dir: str | os.PathLike, *, name: str = "fedl
         out_dir: the app folder (created; its ``pyproject.toml`` and app package are overwritten).
         name: the Flower app name (``[project].name``).
         options: Flower settings (keys of :class:`FlowerOptions` in run-config spelling, e.g.
-            ``{"round-timeout": 300}``); unset ones keep their defaults. ``out-dir`` defaults to
-            ``<out_dir>/results`` (absolute), where the ServerApp writes metrics and checkpoints.
+            ``{"round-timeout": 300}``); unset ones keep their defaults. ``out-dir`` (where the
+            ServerApp writes metrics, checkpoints and the adapter) defaults to ``""``, i.e.
+            ``./fedlora-flower-results`` in the ServerApp's working directory (the SuperLink's), so
+            an app folder carries no path of the machine that wrote it; a relative ``out-dir``
+            resolves there too.
 
     The settings and the fedlora config are validated here (every problem in one error), so a
     bad config fails on your machine, not on the SuperLink.
@@ -55,8 +58,7 @@ def write_app(config_text: str, out_dir: str | os.PathLike, *, name: str = "fedl
     root = Path(out_dir).resolve()
     package = root / APP_PACKAGE
     package.mkdir(parents=True, exist_ok=True)
-    run_config = FlowerOptions().to_run_config()
-    run_config["out-dir"] = str(root / "results")
+    run_config = FlowerOptions().to_run_config()  # out-dir "": ./fedlora-flower-results of the ServerApp process
     run_config["fedlora-set"] = ""  # present, so `flwr run --run-config 'fedlora-set="..."'` is accepted later
     run_config.update(dict(options or {}))
     run_config["fedlora-config"] = config_text

@@ -31,6 +31,7 @@ class Roster:
         spec: the base model's shapes, as the nodes reported them.
         refused: node id -> why it takes no part.
         dropped: clients dropped during the run (too many missed rounds).
+        absent: clients of the config that no node plays (never connected, or refused).
     """
 
     client_ids: list[str]
@@ -39,10 +40,15 @@ class Roster:
     spec: ModelSpec
     refused: dict[int, str] = field(default_factory=dict)
     dropped: set[str] = field(default_factory=set)
+    absent: list[str] = field(default_factory=list)
 
     def report_lines(self) -> list[str]:
         lines = [f"node {self.node_of[c]} -> {self.resources[c].summary()}" for c in self.client_ids]
         lines += [f"node {n} refused: {why}" for n, why in sorted(self.refused.items())]
+        if self.absent:
+            shown = ", ".join(self.absent[:8]) + (f" and {len(self.absent) - 8} more" if len(self.absent) > 8 else "")
+            lines.append(f"{len(self.absent)} of the config's clients have no node (never connected or refused): {shown}; "
+                         "the run goes on without them")  # fmt: skip
         return lines
 
 
@@ -74,7 +80,7 @@ def build_roster(answers: Mapping[int, NodeResources], client_ids: Sequence[str]
         raise _no_nodes(refused)
     ordered = [c for c in client_ids if c in node_of]
     spec = next(iter(resources.values())).spec
-    return Roster(ordered, node_of, resources, spec, refused)
+    return Roster(ordered, node_of, resources, spec, refused, absent=[c for c in client_ids if c not in node_of])
 
 
 def _no_nodes(refused: Mapping[int, str]) -> FederationError:
