@@ -27,3 +27,12 @@ def test_flower_simulation_runtime_equals_the_in_process_engine(tmp_path):
     out = simulate_with_flower(app, tmp_path, num_supernodes=3, timeout=600)
     assert "[fedlora] round 2: 3/3 accepted" in out
     _assert_same_adapter(_checkpoint_adapter(tmp_path / "results", "flexlora"), engine.strategy.global_adapter())
+
+
+def test_a_failed_serverapp_makes_fedlora_flower_simulate_exit_non_zero(tmp_path, capsys):
+    from fedlora.flower.cli import main
+
+    # 3 simulated nodes but min-replies = 5: the ServerApp raises; `flwr run` itself would exit 0
+    code = main(["simulate", "--smoke", "--nodes", "3", "--workdir", str(tmp_path), "--set", "min-replies=5", "--timeout", "600"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Flower simulation failed" in err and "Exit Code" in err

@@ -1,7 +1,10 @@
 """An in-process Flower ``Grid``: run a ServerApp's logic against ClientApps in this process.
 
-Flower 1.41's simulation runtime needs Ray, which fedlora does not install; this small Grid is
-what tests, benchmarks and ``fedlora flower simulate`` use instead. Every message goes through
+``fedlora flower simulate`` runs on Flower's own simulation runtime (:mod:`fedlora.flower.simulation`,
+Ray). This small Grid stays for the tests and ``fedlora flower simulate --runtime inprocess``, for a
+measured reason: a Flower simulation spends 30-50 s starting Ray and a local SuperLink per run on this
+project's 2-core machine (a 2-round smoke run: 51 s wall), while the ~25 Flower tests that run a
+federation here take a few seconds each in process. Every message goes through
 Flower's own wire encoding (records deflated to bytes and inflated back, as the SuperLink does),
 each node has its own ``Context`` (node config, persistent state), and ClientApp exceptions come
 back as error replies exactly as on a SuperNode. Messages are processed one at a time, in push
@@ -12,8 +15,8 @@ receiving), ``depart(node)`` removes it from the federation (it disappears from
 ``get_node_ids``), ``fail_next[node] = "train"`` makes its next train message fail as a
 raising ClientApp would, ``on_deliver`` can alter a reply before the server sees it.
 
-This uses two Flower internals (``TaskIdentity`` and the inflatable-object helpers), pinned by
-``flwr==1.41.0``.
+This uses Flower internals (``Run``, ``TaskIdentity`` and the inflatable-object helpers), which a
+``Grid`` implementation needs; they are tested with flwr 1.41 and 1.42 (the supported range).
 """
 
 from __future__ import annotations
