@@ -105,3 +105,26 @@ def test_export_at_a_chosen_rank_keeps_the_best_approximation_and_reports_its_en
     assert kept / total == pytest.approx(float(S[:4].square().sum() / S.square().sum()), rel=1e-6)
     config = json.loads((paths["adapter"] / "adapter_config.json").read_text())
     assert config["r"] <= 4 and all(r <= 4 for r in config.get("rank_pattern", {}).values())
+
+
+@pytest.mark.parametrize("strategy", ["fedsa", "feddpa"])
+def test_a_clients_personalised_adapter_exports_and_reproduces_its_model(strategy, data_file, tmp_path):
+    from fedlora.cli import main
+
+    engine = _run(data_file, tmp_path, strategy)
+    personal = dict(engine.strategy.personal_adapters())
+    cid = sorted(personal)[0]
+    with engine.trainer.use_adapter(personal[cid]) as model:
+        expected = _logits(model)
+    paths = export_run(engine.run_dir, tmp_path / "out", client=cid)
+    peft_model = PeftModel.from_pretrained(tiny_llama(seed=0)[0], str(paths["adapter"])).eval()
+    torch.testing.assert_close(_logits(peft_model), expected, atol=1e-5, rtol=1e-5)
+    assert main(["export", str(engine.run_dir), "--client", "nobody"]) == 2
+
+
+def test_client_export_of_a_method_without_personal_models_is_a_clear_error(data_file, tmp_path, capsys):
+    from fedlora.cli import main
+
+    engine = _run(data_file, tmp_path, "fedit")
+    assert main(["export", str(engine.run_dir), "--client", "client_000"]) == 2
+    assert "keeps no per-client adapters" in capsys.readouterr().err

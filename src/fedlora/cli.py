@@ -4,7 +4,7 @@ Commands:
     fedlora run CONFIG.toml [--set KEY=VALUE ...] [--resume] [--out DIR] [--quiet]
     fedlora plan CONFIG.toml [--set KEY=VALUE ...] [--out DIR]
     fedlora report RUN_DIR [RUN_DIR ...] [--plots DIR]
-    fedlora export RUN_DIR [--merged] [--out DIR] [--rank R]
+    fedlora export RUN_DIR [--merged] [--out DIR] [--rank R] [--client ID]
     fedlora flower ...        (multi-machine runs, see ``fedlora flower --help``)
     fedlora bench ...         (benchmarks, when ``fedlora.bench`` is installed)
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir")
     export.add_argument("--merged", action="store_true", help="also save the base model with the adapter merged in")
     export.add_argument("--out", help="target folder (default: RUN_DIR/export)")
+    export.add_argument("--client", help="export this client's personalised adapter (FedSA-LoRA, FedDPA) instead of the global one")
     export.add_argument("--rank", type=int, help="export every module at its best rank-R approximation and print the "
                         "spectral energy kept (FlexLoRA's global state is at the stacked rank)")
     for name, text in (("flower", "multi-machine runs with Flower (fedlora.flower)"), ("bench", "benchmarks (fedlora.bench)")):
@@ -138,7 +139,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from fedlora.export import export_run
 
-    paths = export_run(args.run_dir, args.out, merged=args.merged, rank=args.rank)
+    try:
+        paths = export_run(args.run_dir, args.out, merged=args.merged, rank=args.rank, client=args.client)
+    except ValueError as err:
+        print(f"fedlora export: {err}", file=sys.stderr)
+        return EXIT_USAGE
     for kind in ("adapter", "merged"):
         if kind in paths:
             print(f"{kind}: {paths[kind]}")

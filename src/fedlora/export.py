@@ -29,12 +29,26 @@ def load_run(run_dir: str | Path) -> tuple[Config, dict]:
     return parse_config(ckpt["config"], f"config of {run_dir}"), ckpt
 
 
-def run_global_adapter(run_dir: str | Path) -> tuple[Config, Adapter, int]:
-    """``(config, global adapter, round)`` of the run's latest checkpoint."""
+def run_global_adapter(run_dir: str | Path, client: str | None = None) -> tuple[Config, Adapter, int]:
+    """``(config, adapter, round)`` of the run's latest checkpoint: the global adapter, or with ``client``
+    that client's personalised one (methods that keep per-client state: FedSA-LoRA, FedDPA)."""
     cfg, ckpt = load_run(run_dir)
     strategy = build_strategy(cfg)
+    attach = getattr(strategy, "attach_client_store", None)
+    if attach is not None:
+        attach(Path(run_dir) / "client_state", keep=cfg.run.keep_checkpoints * cfg.run.checkpoint_every + 1)
     strategy.load_state_dict(ckpt["strategy"])
-    return cfg, strategy.global_adapter(), int(ckpt["round"])
+    if client is None:
+        return cfg, strategy.global_adapter(), int(ckpt["round"])
+    personal = getattr(strategy, "personal_adapters", None)
+    if personal is None:
+        raise ValueError(f"--client {client}: strategy {cfg.strategy.name!r} keeps no per-client adapters; its global adapter is "
+                         "every client's model (export without --client)")  # fmt: skip
+    adapters = dict(personal())
+    if client not in adapters:
+        raise ValueError(f"--client {client}: no personalised adapter for that client in {run_dir}; clients that trained: "
+                         f"{', '.join(sorted(adapters)) or 'none'}")  # fmt: skip
+    return cfg, adapters[client], int(ckpt["round"])
 
 
 def truncate_adapter(adapter: Adapter, rank: int) -> tuple[Adapter, float, float]:
@@ -51,7 +65,7 @@ def truncate_adapter(adapter: Adapter, rank: int) -> tuple[Adapter, float, float
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, *, merged: bool = False, rank: int | None = None,
-               model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+               model_and_tokenizer: tuple[Any, Any] | None = None, client: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Write ``out/adapter`` (PEFT LoRA folder) and with ``merged`` ``out/merged`` (full model + tokenizer).
 
     Args:
@@ -60,13 +74,14 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, merged: bo
         rank: export every module at its best rank-``rank`` approximation (FlexLoRA keeps its state at
             the stacked rank); the spectral energy kept is returned as ``energy`` and ``energy_min``.
         model_and_tokenizer: the base model to merge into (default: loaded from the run's ``[model]``).
+        client: export this client's personalised adapter instead (FedSA-LoRA, FedDPA).
 
     Returns:
         ``{"adapter": path}`` plus ``"merged"`` when asked, and ``energy``/``energy_min`` with ``rank``.
     """
     from fedlora.client.peft_bridge import save_peft_adapter
 
-    cfg, adapter, round_ = run_global_adapter(run_dir)
+    cfg, adapter, round_ = run_global_adapter(run_dir, client)
     if not adapter:
         raise ValueError(f"{run_dir}: the checkpoint after round {round_} holds no trained adapter yet; run at least one round")
     out = Path(out) if out is not None else Path(run_dir) / "export"
