@@ -215,3 +215,11 @@ def test_clients_without_a_node_are_reported_and_the_run_goes_on(tmp_path, capsy
     assert "1 of the config's clients have no node (never connected or refused): client_002" in out
     rounds = _records(tmp_path, "round")
     assert len(rounds) == 2 and all(r["accepted"] == 2 for r in rounds)
+
+
+def test_a_personalised_method_keeps_its_client_state_in_the_results_folder(tmp_path):
+    text = _config_text("flexlora").replace('name = "flexlora"', 'name = "fedsa"')
+    _flower(tmp_path, text)
+    files = sorted((tmp_path / "client_state").glob("*/v*.pt"))
+    assert {f.parent.name for f in files} == {"client_000", "client_001", "client_002"}
+    assert len(_records(tmp_path, "round")) == 2

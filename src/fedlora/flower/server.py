@@ -66,6 +66,9 @@ class FlowerServer:
     def _run(self) -> list[dict[str, Any]]:
         self.roster = self.discover()
         self.strategy = self.recipe.make_strategy(self.roster.spec)
+        attach = getattr(self.strategy, "attach_client_store", None)  # personalised methods: per-client state on disk
+        if attach is not None:
+            attach(self.store.root / "client_state")
         self.planner = self.recipe.make_planner(self.roster.spec, self.roster.resources)
         first, last = self.store.first_round, self.recipe.num_rounds
         if self.store.state is not None:
