@@ -127,6 +127,9 @@ def summary_table(summary: dict[str, Any], title: str = "fedlora run"):
                if summary.get("privacy/epsilon") is not None else "")
     table.caption = (f"traffic ↓{summary['bytes_down'] / 1e6:.1f} MB ↑{summary['bytes_up'] / 1e6:.1f} MB{privacy}; "
                      f"failed clients {summary['failed_clients']}, rejected updates {summary['rejected_updates']}"
+                     + (f", stragglers dropped {summary['stragglers_dropped']} / partial {summary['stragglers_partial']}"
+                        if summary.get("stragglers_dropped") or summary.get("stragglers_partial") else "")
+                     + (f"; simulated clock {summary['sim_clock']:.1f} s" if summary.get("sim_clock") else "")
                      + (f"; {summary['seconds']:.0f} s" if "seconds" in summary else ""))  # fmt: skip
     return table
 

@@ -258,7 +258,8 @@ class Engine:
             self.progress.message("fed-pilot: scoring module importance on each client's data")
             self.planner.score_clients(self.model, self.tokenizer, self.data.clients)
         steps = (self.per_round if self.async_state is None else self.buffer_size) * self.cfg.train.local_steps
-        self.progress.start(rounds * steps, (first - 1) * steps, rounds)
+        in_flight = 0 if self.async_state is None else self.per_round * self.cfg.train.local_steps  # async: the first dispatches
+        self.progress.start(rounds * steps + in_flight, (first - 1) * steps + (in_flight if first > 1 else 0), rounds)
         last = first - 1
         try:
             if first == 1 and (self.cfg.eval.at_start or stop_after == 0):
