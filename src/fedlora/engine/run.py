@@ -308,9 +308,9 @@ class Engine:
     def _async_round(self, version: int) -> None:
         """Collect ``buffer_size`` arrivals on the simulated clock, then aggregate them (global version ``version``)."""
         started, st, before = time.perf_counter(), self.async_state, self._clock()
-        self.progress.round_start(version, [])
         now = before
         self._dispatch(version, now, exclude=set())
+        self.progress.round_start(version, sorted(f.client_id for f in st.in_flight))  # the clients in flight
         arrived = []
         while len(arrived) < self.buffer_size and st.in_flight:
             flight = st.pop_next()
