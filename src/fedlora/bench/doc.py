@@ -161,7 +161,7 @@ def _verdict_text(name: str, counts: dict[str, int], comps: Sequence[Comparison]
     head = f"{name} is ahead in {ahead} of {len(comps)} comparisons{spread}. "
     if counts["one seed"]:
         return head + ("With one seed per cell there is no estimate of run-to-run noise, so none of these differences is "
-                       "significant and the run neither confirms nor refutes the claim; run the full bench (3 seeds) for that.")  # fmt: skip
+                       "significant and the run neither confirms nor refutes the claim; run every seed of the bench for that.")  # fmt: skip
     if counts["better"] == len(comps):
         return head + "Every 95% interval lies above zero: the results agree with the claim."
     if counts["worse"]:
