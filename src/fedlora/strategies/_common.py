@@ -163,6 +163,26 @@ def max_ranks(plans: Iterable[ClientPlan]) -> dict[str, int]:
     return out
 
 
+def leading_heads(global_adapter: Adapter, plan: ClientPlan, seed: int) -> Adapter:
+    """Each planned module's first ``r_k`` global components at the plan's alpha (modules never aggregated: none)."""
+    from fedlora.lora.compose import client_head
+
+    return {m: client_head(global_adapter[m], int(r), plan.alphas[m], seed, m) for m, r in plan.ranks.items() if m in global_adapter}
+
+
+def round_starts(global_adapter: Adapter, plans: Iterable[ClientPlan], shapes: Mapping[str, tuple[int, int]], seed: int) -> Adapter:
+    """Per module, the global factors grown to the round's largest rank (fresh-init rows), or the fresh init (scale 1)."""
+    from fedlora.lora.linalg import extend_rank, init_lora_factors
+
+    out = {}
+    for m, r in max_ranks(plans).items():
+        if m in global_adapter:
+            out[m] = extend_rank(global_adapter[m], max(r, global_adapter[m].rank), seed, m)
+        elif m in shapes:
+            out[m] = init_lora_factors(*shapes[m], r, float(r), seed, m)
+    return out
+
+
 def derive_seed(seed: int, *parts: object) -> int:
     """A stable 63-bit seed from ``seed`` and more parts (e.g. the round), via hashlib."""
     text = "\x00".join(str(p) for p in (seed, *parts))

@@ -20,9 +20,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from fedlora.allocation.plan import ClientPlan
-from fedlora.lora.compose import client_head, orthonormal_refactor, padded_average
+from fedlora.lora.compose import orthonormal_refactor, padded_average
 from fedlora.lora.factors import Adapter, LoraFactors, Update
-from fedlora.lora.linalg import extend_rank, init_lora_factors
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
@@ -49,19 +48,11 @@ class FedSVD:
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         plans_by_id = self._book.start(server_round, plans, "FedSVD")
-        return {cid: Payload(p, init=self._init_for(p), seed=self.seed, train_A=False) for cid, p in plans_by_id.items()}
-
-    def _init_for(self, plan: ClientPlan) -> Adapter:
-        return {m: client_head(self._global[m], int(r), plan.alphas[m], self.seed, m) for m, r in plan.ranks.items() if m in self._global}
-
-    def _start(self, module: str, shape: tuple[int, int], rank: int) -> LoraFactors:
-        if module in self._global:
-            return extend_rank(self._global[module], max(rank, self._global[module].rank), self.seed, module)
-        return init_lora_factors(*shape, rank, float(rank), self.seed, module)
+        return {cid: Payload(p, init=C.leading_heads(self._global, p, self.seed), seed=self.seed, train_A=False) for cid, p in plans_by_id.items()}
 
     def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
         shapes = C.round_shapes(self._shapes, updates)
-        starts = {m: self._start(m, shapes[m], r) for m, r in C.max_ranks(self._book.plans.values()).items() if m in shapes}
+        starts = C.round_starts(self._global, self._book.plans.values(), shapes, self.seed)
         valid, rejected = C.validate_round(self._book, server_round, updates, "FedSVD", shapes, exact_rank=True,
                                            train_A=False, expected_A={m: f.A for m, f in starts.items()})  # fmt: skip
         new = dict(self._global)

@@ -20,7 +20,6 @@ from typing import Any, Mapping, Sequence
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.compose import client_head, padded_average
 from fedlora.lora.factors import Adapter, LoraFactors, Update
-from fedlora.lora.linalg import extend_rank, init_lora_factors
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
@@ -53,23 +52,14 @@ class RoLoRA:
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         plans_by_id = self._book.start(server_round, plans, "RoLoRA")
         a_round = trains_A(server_round)
-        return {cid: Payload(p, init=self._init_for(p), seed=self.seed, train_A=a_round, train_B=not a_round)
+        return {cid: Payload(p, init=C.leading_heads(self._global, p, self.seed), seed=self.seed, train_A=a_round, train_B=not a_round)
                 for cid, p in plans_by_id.items()}  # fmt: skip
-
-    def _init_for(self, plan: ClientPlan) -> Adapter:
-        return {m: client_head(self._global[m], int(r), plan.alphas[m], self.seed, m) for m, r in plan.ranks.items() if m in self._global}
-
-    def _start(self, module: str, shape: tuple[int, int], rank: int) -> LoraFactors:
-        """The global factors of ``module`` at ``rank`` (scale 1), or the fresh init."""
-        if module in self._global:
-            return extend_rank(self._global[module], max(rank, self._global[module].rank), self.seed, module)
-        return init_lora_factors(*shape, rank, float(rank), self.seed, module)
 
     def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
         shapes = C.round_shapes(self._shapes, updates)
         a_round = trains_A(server_round)
         plans = self._book.plans
-        starts = {m: self._start(m, shapes[m], r) for m, r in C.max_ranks(plans.values()).items() if m in shapes}
+        starts = C.round_starts(self._global, plans.values(), shapes, self.seed)
         # the frozen factor each client must send back unchanged, at its own alpha
         frozen: dict[str, dict[str, Any]] = {}
         for cid, p in plans.items():
