@@ -74,6 +74,7 @@ STRATEGIES = {
     "fedex": {},
     "rolora": {},
     "fedsvd": {},
+    "lorafair": {},
     "fedsa": {},
     "feddpa": {"strategy": {"name": "feddpa", "global_rank": 2}},
     "fedra": {"strategy": {"name": "fedra", "layer_fraction": 0.5}},

@@ -11,6 +11,8 @@ update is ``ΔW = Σ_k p_k s_k B_k A_k``. Server state keeps ``alpha = r`` (scal
 * :func:`orthonormal_refactor`: the same product ``B A`` re-factored as ``(U S) Vh`` (FedSVD).
 * :func:`client_head`: the leading ``r_j`` components of a global adapter at client ``j``'s alpha,
   grown with fresh ``A`` rows when the global rank is smaller.
+* :func:`refit_B`: the ``B`` that best reproduces ``Σ_k p_k s_k B_k A_k`` with a given ``A``, kept
+  near a reference ``B`` (ridge least squares; LoRA-FAIR's server correction).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from fedlora.lora.factors import LoraFactors
 from fedlora.lora.linalg import extend_rank, svd_of_weighted_sum
 
-__all__ = ["padded_average", "rowwise_average", "stacked_residual", "orthonormal_refactor", "client_head"]
+__all__ = ["padded_average", "rowwise_average", "stacked_residual", "orthonormal_refactor", "client_head", "refit_B"]
 
 _MATH = torch.float64
 
@@ -102,3 +104,30 @@ def client_head(f: LoraFactors, rank: int, alpha: float, seed: int, module: str)
     k = min(int(rank), f.rank)
     head = LoraFactors(f.A[:k], f.B[:, :k] * (f.scale / s_j), s_j * k)
     return extend_rank(head, int(rank), seed, module)
+
+
+def refit_B(factors: Sequence[LoraFactors], weights: Sequence[float], A: torch.Tensor, B_ref: torch.Tensor, lam: float,
+            out_dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+    """``argmin_B ||ΔW − B A||_F² + λ' ||B − B_ref||_F²`` with ``ΔW = Σ_k p_k s_k B_k A_k``, in closed form.
+
+    ``B = (ΔW Aᵀ + λ' B_ref)(A Aᵀ + λ' I)⁻¹`` with ``λ' = λ · tr(A Aᵀ) / r`` (``λ`` is relative to the
+    mean squared row norm of ``A``, so it does not depend on the factors' scale). ``ΔW Aᵀ`` is
+    ``Σ_k p_k s_k B_k (A_k Aᵀ)``: no dense ``d_out x d_in`` matrix, ``O(Σ_k r_k r (d_in + d_out))``.
+    Shapes: ``A [r, d_in]``, ``B_ref [d_out, r]`` -> ``B [d_out, r]`` (scale 1). ``λ = 0`` is plain
+    least squares (needs ``A`` of full row rank).
+    """
+    if not factors or len(factors) != len(weights):
+        raise ValueError(f"refit_B needs one weight per factor pair; got {len(factors)} and {len(weights)}")
+    if not lam >= 0:
+        raise ValueError(f"refit_B: lam must be >= 0, got {lam!r}")
+    A64 = A.to(_MATH)
+    rhs = torch.zeros(B_ref.shape[0], A64.shape[0], dtype=_MATH)
+    for f, w in zip(factors, weights):
+        rhs += (float(w) * f.scale) * (f.B.to(_MATH) @ (f.A.to(_MATH) @ A64.T))
+    gram = A64 @ A64.T
+    ridge = float(lam) * float(torch.trace(gram)) / max(int(A64.shape[0]), 1)
+    if ridge == 0.0:  # least squares; the pseudo-inverse also covers an A without full row rank
+        return (rhs @ torch.linalg.pinv(gram, hermitian=True)).to(out_dtype)
+    rhs += ridge * B_ref.to(_MATH)
+    system = gram + ridge * torch.eye(gram.shape[0], dtype=_MATH)
+    return torch.linalg.solve(system, rhs.T).T.to(out_dtype)  # B·system = rhs, system symmetric

@@ -15,7 +15,7 @@ from fedlora.strategies.base import Strategy
 __all__ = ["STRATEGY_NAMES", "strategy_class", "make_strategy"]
 
 STRATEGY_NAMES: tuple[str, ...] = ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd",
-                                   "fedsa", "feddpa", "fedra", "fedprox", "local")
+                                   "lorafair", "fedsa", "feddpa", "fedra", "fedprox", "local")
 """Every registered federated LoRA method, in the order reports list them."""
 
 _LOCATIONS: dict[str, tuple[str, str]] = {
@@ -28,6 +28,7 @@ _LOCATIONS: dict[str, tuple[str, str]] = {
     "fedex": ("fedlora.strategies.fedex", "FedExLoRA"),
     "rolora": ("fedlora.strategies.rolora", "RoLoRA"),
     "fedsvd": ("fedlora.strategies.fedsvd", "FedSVD"),
+    "lorafair": ("fedlora.strategies.lorafair", "LoRAFAIR"),
     "fedsa": ("fedlora.strategies.fedsa", "FedSALoRA"),
     "feddpa": ("fedlora.strategies.feddpa", "FedDPA"),
     "fedra": ("fedlora.strategies.fedra", "FedRA"),
