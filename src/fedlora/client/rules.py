@@ -1,8 +1,9 @@
 """Client-side parts of federated LoRA methods, called by the trainer without knowing the method.
 
 A method's client-side behaviour is a list of small rules built from ``payload.options`` (plain
-values, so they cross Flower's wire unchanged). Each rule may add a term to the local loss
-(:meth:`ClientRule.penalty`) and may transform the trained factors before they are sent
+values, so they cross Flower's wire unchanged). Each rule may narrow the modules that train from a
+score of each module on local data (:meth:`ClientRule.select`), add a term to the local loss
+(:meth:`ClientRule.penalty`) and transform the trained factors before they are sent
 (:meth:`ClientRule.finish`). Which factors train is the payload's ``train_A`` / ``train_B``.
 
 Rules (option keys in brackets):
@@ -13,14 +14,16 @@ Rules (option keys in brackets):
   HetLoRA's self-pruning of the rank after training.
 * :class:`ProximalTerm` (``proximal_mu``): FedProx's ``μ/2 Σ_m (||A_m − A_m⁰||² + ||B_m − B_m⁰||²)``
   toward the round's starting factors (Li et al., MLSys 2020), on the trainable factors.
+* :class:`FisherLayerSelection` (``fisher_layers``, ``fisher_batches``): Fed-HeLLo's FIM-HLA, train
+  only the ``L`` decoder layers with the largest empirical Fisher score on local data.
 
-A new rule is a class with ``from_options`` (``None`` when its keys are absent) plus the two
-methods, appended to :data:`RULE_TYPES`.
+A new rule subclasses :class:`RuleBase` (no-op defaults), adds ``from_options`` (``None`` when its
+keys are absent) and overrides what it needs; it is appended to :data:`RULE_TYPES`.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import torch
 
@@ -28,11 +31,20 @@ from fedlora.client.peft_bridge import ADAPTER_NAME
 from fedlora.lora.factors import Adapter
 from fedlora.lora.linalg import truncate_rank
 
-__all__ = ["ClientRule", "TailPenalty", "RankPruning", "ProximalTerm", "RULE_TYPES", "client_rules", "total_penalty"]
+__all__ = ["ClientRule", "RuleBase", "TailPenalty", "RankPruning", "ProximalTerm", "FisherLayerSelection", "RULE_TYPES",
+           "client_rules", "total_penalty", "select_trainable"]
+
+ModuleScorer = Callable[[Sequence[str], int], Mapping[str, float]]
+"""``(modules, batches) -> {module: score}``: the trainer's empirical Fisher of each module's LoRA
+parameters over that many batches of local data (:func:`fedlora.client.importance.module_importance`)."""
 
 
 class ClientRule(Protocol):
     """One client-side part of a method."""
+
+    def select(self, modules: frozenset[str], score: ModuleScorer) -> frozenset[str]:
+        """The modules that train, a subset of ``modules`` (the plan's trainable ones)."""
+        ...
 
     def penalty(self, layers: Mapping[str, torch.nn.Module], modules: Sequence[str], initial: Adapter) -> torch.Tensor | None:
         """A differentiable term added to the local loss (``None``: none)."""
@@ -47,7 +59,20 @@ def _lora_weights(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight
 
 
-class TailPenalty:
+class RuleBase:
+    """No-op defaults of :class:`ClientRule`: every module trains, no loss term, factors sent as trained."""
+
+    def select(self, modules: frozenset[str], score: ModuleScorer) -> frozenset[str]:
+        return modules
+
+    def penalty(self, layers, modules, initial) -> torch.Tensor | None:
+        return None
+
+    def finish(self, trained: Adapter, initial: Adapter) -> Adapter:
+        return trained
+
+
+class TailPenalty(RuleBase):
     """HetLoRA's tail-norm penalty ``λ Σ_m ||B[:, ⌊γr⌋:]||_F · ||A[⌊γr⌋:]||_F``."""
 
     def __init__(self, lam: float, gamma: float) -> None:
@@ -63,11 +88,8 @@ class TailPenalty:
 
         return self.lam * sum(tail_norm_penalty(*_lora_weights(layers[m]), self.gamma) for m in modules)
 
-    def finish(self, trained: Adapter, initial: Adapter) -> Adapter:
-        return trained
 
-
-class RankPruning:
+class RankPruning(RuleBase):
     """HetLoRA self-pruning: a module's rank shrinks to ``max(1, ⌊γr⌋)`` when its tail norm fell below
     ``threshold`` (else below the tail norm the client started from). The scale is kept."""
 
@@ -79,9 +101,6 @@ class RankPruning:
         if not options.get("hetlora_prune", False):
             return None
         return cls(float(options.get("hetlora_gamma", 0.99)), options.get("hetlora_prune_threshold"))
-
-    def penalty(self, layers, modules, initial):
-        return None
 
     def finish(self, trained: Adapter, initial: Adapter) -> Adapter:
         from fedlora.strategies.hetlora import prune_rank, tail_norm_penalty
@@ -96,7 +115,7 @@ class RankPruning:
         return out
 
 
-class ProximalTerm:
+class ProximalTerm(RuleBase):
     """FedProx on LoRA factors: ``μ/2 Σ_m (||A_m − A_m⁰||_F² + ||B_m − B_m⁰||_F²)`` over trainable factors."""
 
     def __init__(self, mu: float) -> None:
@@ -119,11 +138,41 @@ class ProximalTerm:
                     total = term if total is None else total + term
         return None if total is None else 0.5 * self.mu * total
 
-    def finish(self, trained: Adapter, initial: Adapter) -> Adapter:
-        return trained
+
+class FisherLayerSelection(RuleBase):
+    """Fed-HeLLo's FIM-HLA (Zhang et al., "Fed-HeLLo: Efficient Federated Foundation Model Fine-Tuning
+    with Heterogeneous LoRA Allocation", 2025): score each decoder layer ``l`` by the empirical Fisher
+    of its LoRA parameters on local data, ``F_l = Σ_{m ∈ l} (1/N) Σ_b ||g_{m,b}||²`` over ``N`` batches
+    at the round's starting adapter, and train only the ``L`` layers with the largest ``F_l`` (ties:
+    lower layer first); the other layers' adapters stay applied, frozen. Modules outside a decoder
+    layer are never dropped. The scoring pass back-propagates into every candidate module once.
+    """
+
+    def __init__(self, layers: int, batches: int) -> None:
+        if layers < 1 or batches < 1:
+            raise ValueError(f"fisher_layers and fisher_batches must be >= 1, got {layers} and {batches}")
+        self.layers, self.batches = int(layers), int(batches)
+
+    @classmethod
+    def from_options(cls, options: Mapping) -> "FisherLayerSelection | None":
+        layers = options.get("fisher_layers")
+        return None if layers is None else cls(int(layers), int(options.get("fisher_batches", 2)))
+
+    def select(self, modules: frozenset[str], score: ModuleScorer) -> frozenset[str]:
+        from fedlora.strategies.fedra import layer_index
+
+        in_layers = {m: layer_index(m) for m in modules}
+        candidates = sorted({i for i in in_layers.values() if i is not None})
+        if len(candidates) <= self.layers:
+            return modules
+        per_layer = dict.fromkeys(candidates, 0.0)
+        for m, value in score(sorted(m for m, i in in_layers.items() if i is not None), self.batches).items():
+            per_layer[in_layers[m]] += float(value)
+        keep = set(sorted(candidates, key=lambda i: (-per_layer[i], i))[: self.layers])
+        return frozenset(m for m, i in in_layers.items() if i is None or i in keep)
 
 
-RULE_TYPES: tuple[type, ...] = (TailPenalty, ProximalTerm, RankPruning)
+RULE_TYPES: tuple[type, ...] = (FisherLayerSelection, TailPenalty, ProximalTerm, RankPruning)
 """Every client rule, in the order they apply."""
 
 
@@ -136,3 +185,12 @@ def total_penalty(rules: Sequence[ClientRule], layers, modules: Sequence[str], i
     """Sum of the rules' loss terms, ``None`` when no rule adds one."""
     terms = [t for r in rules if (t := r.penalty(layers, modules, initial)) is not None]
     return sum(terms[1:], terms[0]) if terms else None
+
+
+def select_trainable(rules: Sequence[ClientRule], modules: frozenset[str], score: ModuleScorer) -> frozenset[str]:
+    """The modules that train after every rule's :meth:`ClientRule.select`, in order."""
+    for rule in rules:
+        modules = rule.select(modules, score)
+    if not modules:
+        raise ValueError("the method's client rules left no module to train; check its options (e.g. fisher_layers >= 1)")
+    return modules

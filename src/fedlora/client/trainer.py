@@ -23,7 +23,7 @@ import torch
 from fedlora.client.base_delta import BaseDelta
 from fedlora.client.layer_pool import LoraLayerPool
 from fedlora.client.peft_bridge import ADAPTER_NAME, plan_of_adapter
-from fedlora.client.rules import client_rules, total_penalty
+from fedlora.client.rules import client_rules, select_trainable, total_penalty
 from fedlora.data.example import Example
 from fedlora.data.formatting import IGNORE_INDEX, collate, encode_example
 from fedlora.lora.factors import Adapter, LoraFactors, Update
@@ -141,7 +141,7 @@ class LocalTrainer:
 
     def train(self, payload: Payload, examples: Sequence[Example], *, client_seed: int,
               on_step: Callable[[float], None] | None = None, steps: int | None = None) -> Update:
-        """Train one client from ``payload`` on ``examples``; return its update (trainable modules only).
+        """Train one client from ``payload`` on ``examples``; return its update (the trainable modules its rules kept).
 
         ``on_step(loss)`` is called after each step's forward pass (progress reporting). ``steps``
         overrides ``config.local_steps`` (a straggler's partial work under a deadline).
@@ -168,15 +168,20 @@ class LocalTrainer:
                                                   train_A=payload.train_A, train_B=payload.train_B) as layers:
             setup = time.perf_counter() - start
             with decoder_layer_subset(self.model, payload.options.get("submodel_layers")):
-                losses, penalties = self._loop(layers, trainable, data, rules, factors, client_seed, on_step, steps)
+                active = select_trainable(rules, trainable, self._scorer(data, client_seed)) if rules else trainable
+                for m in trainable - active:  # a rule dropped it: applied, frozen, not sent
+                    layers[m].requires_grad_(False)
+                losses, penalties = self._loop(layers, active, data, rules, factors, client_seed, on_step, steps)
             trained = {m: LoraFactors(_weight(layers[m], "lora_A"), _weight(layers[m], "lora_B"), factors[m].alpha)
-                       for m in sorted(trainable)}
+                       for m in sorted(active)}
         for rule in rules:
             trained = rule.finish(trained, factors)
         metrics = {"train_loss": sum(losses) / len(losses), "train_loss_first": losses[0], "train_loss_last": losses[-1],
                    "steps": float(len(losses)), "seconds": time.perf_counter() - start, "setup_seconds": setup}
         if penalties:
             metrics["train_penalty"] = sum(penalties) / len(penalties)
+        if active != trainable:
+            metrics["trained_modules"] = float(len(active))
         return Update(plan.client_id, trained, len(examples), metrics)
 
     @contextmanager
@@ -228,6 +233,18 @@ class LocalTrainer:
             raise ValueError(f"client {client_id!r}: no example keeps an answer token within max_length="
                              f"{self.config.max_length}; raise max_length")
         return usable
+
+    def _scorer(self, data: list[dict[str, list[int]]], client_seed: int):
+        """``(modules, n) -> {module: empirical Fisher}`` over ``n`` seeded batches of ``data``, at the installed adapter."""
+        from fedlora.client.importance import module_importance
+
+        def score(modules, n: int):
+            order = batch_schedule(len(data), self.config.batch_size, n, torch.Generator().manual_seed(client_seed ^ 0x5EED))
+            pad_id, device = self.tokenizer.pad_token_id, self.device
+            batches = [{k: v.to(device) for k, v in collate([data[i] for i in idx], pad_id).items()} for idx in order]
+            return module_importance(self.model, batches, modules=list(modules))
+
+        return score
 
     def _initial_factors(self, payload: Payload) -> Adapter:
         """Payload factors expressed at the plan's alpha, fresh inits for the rest."""

@@ -51,6 +51,7 @@ def validate_update(
     exact_rank: bool = False,
     train_B: bool = True,
     expected_B: Mapping[str, torch.Tensor] | None = None,
+    subset: bool = False,
 ) -> None:
     """Raise :class:`InvalidUpdateError` on the first mismatch between ``update`` and ``plan``.
 
@@ -64,6 +65,8 @@ def validate_update(
             alpha (columns beyond the update's rank ignored).
         exact_rank: require rank == plan rank (FedAvg-style methods); otherwise a lower rank is
             allowed (HetLoRA self-pruning) and only a higher one is rejected.
+        subset: the client chooses which trainable modules it trains (Fed-HeLLo's Fisher selection):
+            a non-empty subset of the plan's trainable modules is accepted.
 
     Checks, in order: client id, ``num_examples > 0``, unknown modules, missing trainable modules,
     then per module: factor type, dtype (real floating point), 2-D shapes with matching rank,
@@ -81,7 +84,9 @@ def validate_update(
     if unknown:
         raise InvalidUpdateError(cid, unknown[0], f"module is not in the client's plan ({len(unknown)} unknown: {unknown[:3]})", "send only the modules of the plan")
     missing = sorted(plan.trainable_modules - set(update.factors))
-    if missing:
+    if subset and not set(update.factors) & plan.trainable_modules:
+        raise InvalidUpdateError(cid, None, "no trainable module in the update", "train and send at least one module of the plan")
+    if missing and not subset:
         raise InvalidUpdateError(cid, missing[0], f"trainable module missing from the update ({len(missing)} missing: {missing[:3]})", "send every trainable module of the plan")
     for module in sorted(update.factors):
         _check_module(cid, module, update.factors[module], plan, expected_shapes, exact_rank)

@@ -27,17 +27,23 @@ from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
 from fedlora.strategies.fedit import FedIT
 
-__all__ = ["FedRA", "layer_of"]
+__all__ = ["FedRA", "layer_of", "layer_index"]
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
-def layer_of(module: str) -> int:
-    """Decoder layer index of a module path (``model.layers.7.mlp.up_proj`` -> 7)."""
+def layer_index(module: str) -> int | None:
+    """Decoder layer index of a module path (``model.layers.7.mlp.up_proj`` -> 7), ``None`` outside the layers."""
     match = _LAYER.search(module)
-    if match is None:
+    return None if match is None else int(match.group(1))
+
+
+def layer_of(module: str) -> int:
+    """Decoder layer index of a module path; a ValueError when it is not inside a decoder layer."""
+    index = layer_index(module)
+    if index is None:
         raise ValueError(f"FedRA: module {module!r} is not inside a decoder layer (no '.layers.<i>.' in its path)")
-    return int(match.group(1))
+    return index
 
 
 class FedRA:
