@@ -75,6 +75,7 @@ STRATEGIES = {
     "rolora": {},
     "fedsvd": {},
     "lorafair": {},
+    "slora": {"strategy": {"name": "slora", "sparse_rounds": 1, "density": 0.25}},
     "fedsa": {},
     "feddpa": {"strategy": {"name": "feddpa", "global_rank": 2}},
     "fedra": {"strategy": {"name": "fedra", "layer_fraction": 0.5}},
