@@ -431,3 +431,20 @@ def test_task_table_marks_tasks_the_trained_model_beats_beyond_the_interval():
     assert lines[0] == "| split | task | metric | majority | no-train | centralized | difference | learnable |"
     assert lines[2].startswith("| eval | a | accuracy | 0.500 | 0.500 ± 0.020 | 0.600 ± 0.020 | +0.100") and lines[2].endswith("| yes |")
     assert lines[3].startswith("| eval | g | rougeL | - |") and lines[3].endswith("| no |")  # +0.01 < 1.96 x 0.014
+
+
+def test_every_registered_method_runs_as_a_bench_cell(tmp_path):
+    """Each method of the registry is a bench cell that trains one round on the tiny model."""
+    from fedlora.strategies import STRATEGY_NAMES
+
+    extra = {"fedpilot": 'clients.budgets = [1500000, 2000000, 3000000]\nclients.fedpilot_rank = 2\n',
+             "feddpa": "strategy.global_rank = 1\n", "slora": "strategy.sparse_rounds = 1\n"}
+    methods = "".join(f'[methods.{n}]\nstrategy.name = "{n}"\n{extra.get(n, "")}' for n in STRATEGY_NAMES)
+    text = ('[bench]\nname = "zoo"\nseeds = [0]\nprimary_metric = "eval/loss"\nmetrics = ["train/loss"]\n'
+            + TINY_BASE.replace("rounds = 2", "rounds = 1") + methods + '[distributions.uniform]\nclients.rank_distribution = "uniform"\n')
+    bench = load_bench(_write(tmp_path, text))
+    report = run_grid(bench, tmp_path / "out", verbose=False, log=lambda s: None)
+    assert [o.status for o in report.outcomes] == ["done"] * len(STRATEGY_NAMES)
+    rows = collect(tmp_path / "out", [c.id for c in bench.cells])
+    assert sorted(r.method for r in rows) == sorted(STRATEGY_NAMES)
+    assert all(r.rounds == 1 for r in rows)
