@@ -80,6 +80,7 @@ STRATEGIES = {
     "feddpa": {"strategy": {"name": "feddpa", "global_rank": 2}},
     "fedra": {"strategy": {"name": "fedra", "layer_fraction": 0.5}},
     "fedhello": {"strategy": {"name": "fedhello", "layer_fraction": 0.5}},
+    "fedrot": {},
     "fedprox": {"strategy": {"name": "fedprox", "mu": 0.01, "base": "flexlora"}},
     "local": {},
 }

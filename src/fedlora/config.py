@@ -171,10 +171,10 @@ class ClientsSection:
 class StrategySection:
     """``[strategy]``: the federated method; any other key is a constructor argument of that method."""
 
-    name: str = opt("flexlora", "fedit | flexlora | hetlora | flora | ffa | fedpilot | fedex | rolora | fedsvd | lorafair | slora | fedsa | feddpa | fedra | fedhello | fedprox | "
+    name: str = opt("flexlora", "fedit | flexlora | hetlora | flora | ffa | fedpilot | fedex | rolora | fedsvd | lorafair | slora | fedsa | feddpa | fedra | fedhello | fedrot | fedprox | "
                     "local (no aggregation: each client alone, the floor; evaluated as the mean over the clients' own models)",
                     choices=("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd", "lorafair", "slora", "fedsa", "feddpa",
-                             "fedra", "fedhello", "fedprox", "local"))
+                             "fedra", "fedhello", "fedrot", "fedprox", "local"))
     norm_bound: float = opt(100.0, "reject an update whose scale-aware norm exceeds this many times the round's median "
                             "(with >= 3 updates; 0 disables); see fedlora.strategies.guard", ge=0)
     params: dict = opt({}, "method arguments (e.g. HetLoRA `gamma`, `regularization`, `prune`), written as plain keys")

@@ -16,6 +16,8 @@ Rules (option keys in brackets):
   toward the round's starting factors (Li et al., MLSys 2020), on the trainable factors.
 * :class:`FisherLayerSelection` (``fisher_layers``, ``fisher_batches``): Fed-HeLLo's FIM-HLA, train
   only the ``L`` decoder layers with the largest empirical Fisher score on local data.
+* :class:`RotationAlignment` (``rotation_align``, ``rotation_strength``): FedRot-LoRA's orthogonal
+  Procrustes alignment of the trained factors to the round's starting ones before they are sent.
 
 A new rule subclasses :class:`RuleBase` (no-op defaults), adds ``from_options`` (``None`` when its
 keys are absent) and overrides what it needs; it is appended to :data:`RULE_TYPES`.
@@ -31,8 +33,8 @@ from fedlora.client.peft_bridge import ADAPTER_NAME
 from fedlora.lora.factors import Adapter
 from fedlora.lora.linalg import truncate_rank
 
-__all__ = ["ClientRule", "RuleBase", "TailPenalty", "RankPruning", "ProximalTerm", "FisherLayerSelection", "RULE_TYPES",
-           "client_rules", "total_penalty", "select_trainable"]
+__all__ = ["ClientRule", "RuleBase", "TailPenalty", "RankPruning", "ProximalTerm", "FisherLayerSelection", "RotationAlignment",
+           "procrustes_rotation", "RULE_TYPES", "client_rules", "total_penalty", "select_trainable"]
 
 ModuleScorer = Callable[[Sequence[str], int], Mapping[str, float]]
 """``(modules, batches) -> {module: score}``: the trainer's empirical Fisher of each module's LoRA
@@ -172,7 +174,52 @@ class FisherLayerSelection(RuleBase):
         return frozenset(m for m, i in in_layers.items() if i is None or i in keep)
 
 
-RULE_TYPES: tuple[type, ...] = (FisherLayerSelection, TailPenalty, ProximalTerm, RankPruning)
+def procrustes_rotation(M: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """The orthogonal ``R`` maximising ``tr(Rᵀ M)``, ``R = U Vᵀ`` for ``M = U S Vᵀ`` (orthogonal
+    Procrustes). ``strength`` ``λ < 1``: the rotation (reflection removed) interpolated toward the
+    identity, ``(1 − λ) I + λ R``, projected back onto the orthogonal matrices."""
+    U, _, Vh = torch.linalg.svd(M.to(torch.float64))
+    R = U @ Vh
+    if strength >= 1.0:
+        return R
+    if torch.linalg.det(R) < 0:
+        Vh = Vh.clone()
+        Vh[-1] *= -1
+        R = U @ Vh
+    U2, _, Vh2 = torch.linalg.svd((1.0 - strength) * torch.eye(R.shape[0], dtype=R.dtype) + strength * R)
+    return U2 @ Vh2
+
+
+class RotationAlignment(RuleBase):
+    """FedRot-LoRA (Zhang, Kim, Cha, Vikalo, "FedRot-LoRA: Mitigating Rotational Misalignment in
+    Federated LoRA", ICML 2026): after training, rotate the rank space so that the trained factor
+    ``A`` (or ``B``) is closest to the round's starting one, ``A⁰`` (``B⁰``), then send ``A' = Rᵀ A``,
+    ``B' = B R``. ``R`` is the orthogonal Procrustes solution for ``M = A A⁰ᵀ`` (``M = Bᵀ B⁰``)
+    (:func:`procrustes_rotation`); ``B' A' = B A``, so the client's update is unchanged while the
+    factors that the server averages share one coordinate system."""
+
+    def __init__(self, factor: str, strength: float) -> None:
+        if factor not in ("A", "B") or not strength > 0:
+            raise ValueError(f"rotation_align must be 'A' or 'B' and rotation_strength > 0; got {factor!r}, {strength!r}")
+        self.factor, self.strength = factor, float(strength)
+
+    @classmethod
+    def from_options(cls, options: Mapping) -> "RotationAlignment | None":
+        factor = options.get("rotation_align")
+        return None if factor is None else cls(str(factor), float(options.get("rotation_strength", 1.0)))
+
+    def finish(self, trained: Adapter, initial: Adapter) -> Adapter:
+        out = {}
+        for m, f in trained.items():
+            A, B = f.A.to(torch.float64), f.B.to(torch.float64)
+            ref = initial[m]
+            M = A @ ref.A.to(torch.float64).T if self.factor == "A" else B.T @ ref.B.to(torch.float64)
+            R = procrustes_rotation(M, self.strength)
+            out[m] = type(f)((R.T @ A).to(f.A.dtype), (B @ R).to(f.B.dtype), f.alpha)
+        return out
+
+
+RULE_TYPES: tuple[type, ...] = (FisherLayerSelection, TailPenalty, ProximalTerm, RankPruning, RotationAlignment)
 """Every client rule, in the order they apply."""
 
 

@@ -15,7 +15,7 @@ from fedlora.strategies.base import Strategy
 __all__ = ["STRATEGY_NAMES", "strategy_class", "make_strategy"]
 
 STRATEGY_NAMES: tuple[str, ...] = ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd",
-                                   "lorafair", "slora", "fedsa", "feddpa", "fedra", "fedhello", "fedprox", "local")
+                                   "lorafair", "slora", "fedsa", "feddpa", "fedra", "fedhello", "fedrot", "fedprox", "local")
 """Every registered federated LoRA method, in the order reports list them."""
 
 _LOCATIONS: dict[str, tuple[str, str]] = {
@@ -34,6 +34,7 @@ _LOCATIONS: dict[str, tuple[str, str]] = {
     "feddpa": ("fedlora.strategies.feddpa", "FedDPA"),
     "fedra": ("fedlora.strategies.fedra", "FedRA"),
     "fedhello": ("fedlora.strategies.fedhello", "FedHeLLo"),
+    "fedrot": ("fedlora.strategies.fedrot", "FedRotLoRA"),
     "fedprox": ("fedlora.strategies.fedprox", "FedProx"),
     "local": ("fedlora.strategies.local", "LocalOnly"),
 }
