@@ -75,6 +75,7 @@ STRATEGIES = {
     "rolora": {},
     "fedsvd": {},
     "lorafair": {},
+    "fedmomentum": {},
     "slora": {"strategy": {"name": "slora", "sparse_rounds": 1, "density": 0.25}},
     "fedsa": {},
     "feddpa": {"strategy": {"name": "feddpa", "global_rank": 2}},

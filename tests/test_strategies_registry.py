@@ -8,7 +8,7 @@ from fedlora.strategies import FedIT, FFALoRA, FlexLoRA, FLoRA, HetLoRA, STRATEG
 
 
 def test_names_and_classes():
-    assert STRATEGY_NAMES == ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd", "lorafair", "slora", "fedsa", "feddpa", "fedra", "fedhello", "fedrot", "fedprox", "local")
+    assert STRATEGY_NAMES == ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd", "lorafair", "fedmomentum", "slora", "fedsa", "feddpa", "fedra", "fedhello", "fedrot", "fedprox", "local")
     for name, cls in zip(STRATEGY_NAMES, (FedIT, FlexLoRA, HetLoRA, FLoRA, FFALoRA)):
         assert strategy_class(name) is cls and cls.name == name
     for name in STRATEGY_NAMES:

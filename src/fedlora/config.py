@@ -171,9 +171,9 @@ class ClientsSection:
 class StrategySection:
     """``[strategy]``: the federated method; any other key is a constructor argument of that method."""
 
-    name: str = opt("flexlora", "fedit | flexlora | hetlora | flora | ffa | fedpilot | fedex | rolora | fedsvd | lorafair | slora | fedsa | feddpa | fedra | fedhello | fedrot | fedprox | "
+    name: str = opt("flexlora", "fedit | flexlora | hetlora | flora | ffa | fedpilot | fedex | rolora | fedsvd | lorafair | fedmomentum | slora | fedsa | feddpa | fedra | fedhello | fedrot | fedprox | "
                     "local (no aggregation: each client alone, the floor; evaluated as the mean over the clients' own models)",
-                    choices=("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd", "lorafair", "slora", "fedsa", "feddpa",
+                    choices=("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd", "lorafair", "fedmomentum", "slora", "fedsa", "feddpa",
                              "fedra", "fedhello", "fedrot", "fedprox", "local"))
     norm_bound: float = opt(100.0, "reject an update whose scale-aware norm exceeds this many times the round's median "
                             "(with >= 3 updates; 0 disables); see fedlora.strategies.guard", ge=0)

@@ -15,7 +15,7 @@ from fedlora.strategies.base import Strategy
 __all__ = ["STRATEGY_NAMES", "strategy_class", "make_strategy"]
 
 STRATEGY_NAMES: tuple[str, ...] = ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd",
-                                   "lorafair", "slora", "fedsa", "feddpa", "fedra", "fedhello", "fedrot", "fedprox", "local")
+                                   "lorafair", "fedmomentum", "slora", "fedsa", "feddpa", "fedra", "fedhello", "fedrot", "fedprox", "local")
 """Every registered federated LoRA method, in the order reports list them."""
 
 _LOCATIONS: dict[str, tuple[str, str]] = {
@@ -29,6 +29,7 @@ _LOCATIONS: dict[str, tuple[str, str]] = {
     "rolora": ("fedlora.strategies.rolora", "RoLoRA"),
     "fedsvd": ("fedlora.strategies.fedsvd", "FedSVD"),
     "lorafair": ("fedlora.strategies.lorafair", "LoRAFAIR"),
+    "fedmomentum": ("fedlora.strategies.fedmomentum", "FedMomentum"),
     "slora": ("fedlora.strategies.slora", "SLoRA"),
     "fedsa": ("fedlora.strategies.fedsa", "FedSALoRA"),
     "feddpa": ("fedlora.strategies.feddpa", "FedDPA"),
