@@ -101,6 +101,17 @@ def test_each_strategy_runs_three_rounds_and_the_loss_goes_down(name, data_file,
     assert all(r["status"] == "ok" for r in result.records if r["type"] == "client")
 
 
+def test_engine_with_lockstep_gives_the_sequential_run(data_file, tmp_path):
+    seq = Engine(tiny_config(data_file, run={"rounds": 2}), tmp_path / "seq").run()
+    lock = Engine(tiny_config(data_file, run={"rounds": 2}, train={"lockstep": True}), tmp_path / "lock").run()
+    a, b = seq.strategy.global_adapter(), lock.strategy.global_adapter()
+    assert sorted(a) == sorted(b)
+    for m in a:
+        torch.testing.assert_close(b[m].B @ b[m].A, a[m].B @ a[m].A, rtol=1e-3, atol=1e-5)
+    clients = [r for r in lock.records if r["type"] == "client"]
+    assert clients and all(r.get("lockstep") and r["status"] == "ok" for r in clients)
+
+
 def test_heterogeneous_ranks_reach_the_clients(data_file, tmp_path):
     engine = Engine(tiny_config(data_file, run={"rounds": 1}), tmp_path)
     result = engine.run()

@@ -193,6 +193,9 @@ class TrainSection:
     optimizer: str = opt("adamw", "local optimizer", choices=("adamw", "sgd"))
     grad_checkpointing: bool = opt(False, "recompute activations in backward (less memory, ~30% slower)")
     dropout: float = opt(0.0, "LoRA dropout", ge=0, le=0.99)
+    lockstep: bool = opt(False, "train the round's clients in one batched forward/backward per step, each row through its "
+                         "own client's adapter (same result as one after another; a GPU optimisation: no gain measured on "
+                         "a 2-core CPU); cases it does not cover train sequentially, with a message")
     group_by_length: bool = opt(False, "batches of similar lengths (sorted within windows of 16 batches of each shuffled "
                                 "epoch), so less padding is computed; changes which examples share a batch")
 

@@ -184,6 +184,15 @@ class LocalTrainer:
             metrics["trained_modules"] = float(len(active))
         return Update(plan.client_id, trained, len(examples), metrics)
 
+    def train_lockstep(self, jobs: Sequence[tuple[Payload, Sequence[Example], int]], *, steps: int | None = None,
+                       on_step: Callable[[float], None] | None = None) -> list[Update]:  # fmt: skip
+        """Train several clients ``(payload, examples, client_seed)`` in one batched pass per step
+        (:mod:`fedlora.client.lockstep`); the updates equal :meth:`train` of each up to float rounding.
+        ValueError when :func:`fedlora.client.lockstep.lockstep_unsupported` names a reason."""
+        from fedlora.client.lockstep import train_lockstep
+
+        return train_lockstep(self, jobs, steps=steps, on_step=on_step)
+
     @contextmanager
     def use_adapter(self, adapter: Mapping[str, LoraFactors] | None, *, base_delta: Adapter | None = None,
                     base_delta_version: int | None = None) -> Iterator[torch.nn.Module]:

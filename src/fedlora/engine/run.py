@@ -16,7 +16,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from fedlora.config import Config, config_to_dict, dumps_toml
 from fedlora.engine import build
@@ -287,9 +287,10 @@ class Engine:
         moved = {c: payload_bytes(payloads[c]) + planned_upload_bytes(payloads[c], self.shapes) for c in ids}
         work, sim_seconds = schedule_round({c: self.clocks[c] for c in ids}, self.trainer.config.local_steps, moved,
                                            self.cfg.run.deadline, self.cfg.run.stragglers)  # fmt: skip
+        trained = self._train_lockstep(server_round, ids, payloads, work) if self.cfg.train.lockstep else {}
         records, updates = [], []
         for cid in ids:
-            record, update = self._train_client(server_round, cid, payloads[cid], work[cid])
+            record, update = trained.get(cid) or self._train_client(server_round, cid, payloads[cid], work[cid])
             records.append(record)
             if update is not None:
                 updates.append(update)
@@ -351,12 +352,50 @@ class Engine:
             record, update = self._train_client(version, cid, payload, ClientWork(steps, seconds, False), seed_round=f"async-{number}")
             st.in_flight.append(InFlight(now + seconds, cid, version - 1, payload, update, record))
 
+    def _client_record(self, server_round: int, cid: str, payload: Any, work: Any) -> dict:
+        plan = payload.plan
+        return {"type": "client", "round": server_round, "client": cid, "rank": max(plan.ranks.values()),
+                "trained_modules": len(plan.trainable_modules), "num_examples": len(self.data.clients[cid]),
+                "bytes_down": payload_bytes(payload), "bytes_up": 0, "sim_seconds": work.seconds,
+                "speed": self.clocks[cid].speed}  # fmt: skip
+
+    def _train_lockstep(self, server_round: int, ids: Sequence[str], payloads: Mapping[str, Any], work: Mapping[str, Any]) -> dict[str, tuple[dict, Any]]:
+        """``train.lockstep``: clients with the same number of steps train together (:mod:`fedlora.client.lockstep`).
+        Groups it cannot cover, or that fail, are left to sequential training (returned empty), with a message."""
+        from fedlora.client.lockstep import lockstep_unsupported
+
+        groups: dict[int, list[str]] = {}
+        for cid in ids:
+            if work[cid].steps > 0:
+                groups.setdefault(work[cid].steps, []).append(cid)
+        out: dict[str, tuple[dict, Any]] = {}
+        for steps, group in groups.items():
+            reason = lockstep_unsupported(self.trainer, [payloads[c] for c in group])
+            if reason:
+                self.progress.message(f"round {server_round}: {len(group)} clients train sequentially ({reason})")
+                continue
+            records = {c: self._client_record(server_round, c, payloads[c], work[c]) | {"lockstep": True} for c in group}
+            for c in group:
+                self.progress.client_start(server_round, c, records[c]["rank"], steps)
+            jobs = [(payloads[c], self.data.clients[c], client_seed(self.cfg.run.seed, server_round, c)) for c in group]
+            try:
+                updates = self.trainer.train_lockstep(jobs, steps=steps, on_step=self.progress.step)
+            except Exception as err:  # the group trains sequentially instead; nothing is lost
+                self.progress.message(f"round {server_round}: lockstep training failed ({_error_summary(err)}); training sequentially")
+                continue
+            for c, update in zip(group, updates):
+                m = update.metrics
+                records[c].update(status="ok", loss=m["train_loss"], loss_first=m["train_loss_first"], loss_last=m["train_loss_last"],
+                                  steps=int(m["steps"]), seconds=m["seconds"], bytes_up=update_bytes(update, payloads[c]))  # fmt: skip
+                if work[c].straggler:
+                    records[c]["partial"] = True
+                self.progress.client_end(records[c] | {"planned_steps": self.cfg.train.local_steps})
+                out[c] = (records[c], update)
+        return out
+
     def _train_client(self, server_round: int, cid: str, payload: Any, work: Any, seed_round: Any = None) -> tuple[dict, Any]:
-        plan, examples = payload.plan, self.data.clients[cid]
-        record = {"type": "client", "round": server_round, "client": cid, "rank": max(plan.ranks.values()),
-                  "trained_modules": len(plan.trainable_modules), "num_examples": len(examples),
-                  "bytes_down": payload_bytes(payload), "bytes_up": 0, "sim_seconds": work.seconds,
-                  "speed": self.clocks[cid].speed}  # fmt: skip
+        examples = self.data.clients[cid]
+        record = self._client_record(server_round, cid, payload, work)
         if work.steps == 0:  # a straggler dropped by the deadline: not trained, reported
             record.update(status="straggler", error=f"cannot finish {self.trainer.config.local_steps} steps by the deadline "
                           f"({self.cfg.run.deadline:g} simulated s) at {self.clocks[cid].speed:g} steps/s", bytes_down=0)  # fmt: skip
