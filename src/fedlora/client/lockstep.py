@@ -7,7 +7,11 @@ adds ``s_c B_c A_c x`` on client ``c``'s rows (clients without that module add n
 ``Σ_c L_c`` with ``L_c`` client ``c``'s mean answer-token loss (plus its rules' terms); client
 parameters are disjoint, so each receives exactly its own gradient, and each client clips and
 steps its own optimizer. The result equals training the clients one after another up to float
-rounding (rows are padded to the longest sequence of the step; attention masks keep padding out).
+rounding (rows are padded to the longest sequence of the step; attention masks keep padding out):
+bit for bit with an fp32 base on this project's CPU; with a bf16 base the batch's shape changes how
+the base's bf16 activations round (the same rows' hidden states differ between a batch of 4 and one
+of 8, as with any batching), and four Adam steps amplify that into updates ``B A`` that differ by up
+to ~25% relative (the losses by ~0.1%), the same order as bf16 against fp32 training.
 
 What it buys is hardware throughput on the frozen base (one large matrix product instead of one per
 client). ``benchmarks/batching_gain.py`` measured no gain from larger batches on this project's
@@ -61,7 +65,7 @@ class _Routed(torch.nn.Module):
         for c, (start, stop) in enumerate(self.rows):
             part = y[start:stop]
             f = self.clients.get(c)
-            parts.append(part if f is None else part + f.delta(x[start:stop]).to(y.dtype))
+            parts.append(part if f is None else (part + f.delta(x[start:stop])).to(y.dtype))  # add in fp32, as PEFT
         return torch.cat(parts, dim=0)
 
 
