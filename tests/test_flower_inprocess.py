@@ -92,7 +92,7 @@ def _assert_same_adapter(a, b):
         torch.testing.assert_close(a[m].delta(), b[m].delta(), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("strategy", ["flexlora", "fedpilot"])
+@pytest.mark.parametrize("strategy", ["flexlora", "fedpilot", "fedhello", "slora", "fedmomentum", "fedrot"])
 def test_flower_run_equals_the_in_process_engine(tmp_path, strategy):
     # Prepare: the same config through `fedlora run`'s engine and through Flower
     text = _config_text(strategy)
