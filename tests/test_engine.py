@@ -99,6 +99,8 @@ def test_each_strategy_runs_three_rounds_and_the_loss_goes_down(name, data_file,
     assert evals[-1]["loss"] < evals[0]["loss"]
     assert result.strategy.global_adapter() or result.strategy.evaluation_adapters()
     assert all(r["status"] == "ok" for r in result.records if r["type"] == "client")
+    if name == "fedhello":  # each client trained one of the tiny model's two layers: its 7 projections of 14
+        assert {r["trained_modules"] for r in result.records if r["type"] == "client"} == {7}
 
 
 def test_engine_with_lockstep_gives_the_sequential_run(data_file, tmp_path):

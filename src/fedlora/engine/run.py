@@ -417,6 +417,8 @@ class Engine:
         m = update.metrics
         record.update(status="ok", loss=m["train_loss"], loss_first=m["train_loss_first"], loss_last=m["train_loss_last"],
                       steps=int(m["steps"]), seconds=m["seconds"], bytes_up=update_bytes(update, payload))  # fmt: skip
+        if "trained_modules" in m:  # a client-side rule chose fewer modules than the plan allowed (Fed-HeLLo)
+            record["trained_modules"] = int(m["trained_modules"])
         self.progress.client_end(record | {"planned_steps": self.cfg.train.local_steps})
         return record, update
 
