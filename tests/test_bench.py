@@ -448,3 +448,10 @@ def test_every_registered_method_runs_as_a_bench_cell(tmp_path):
     rows = collect(tmp_path / "out", [c.id for c in bench.cells])
     assert sorted(r.method for r in rows) == sorted(STRATEGY_NAMES)
     assert all(r.rounds == 1 for r in rows)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_bench_file_parses_into_cells(path):
+    bench = load_bench(path)
+    assert bench.cells and len({c.id for c in bench.cells}) == len(bench.cells)
+    assert all(c.config.strategy.name for c in bench.cells)
