@@ -251,6 +251,11 @@ def test_grid_runs_resumes_and_reports(tmp_path, monkeypatch):
     text = doc.read_text()
     assert "![metric_per_round](results/tiny/plots/metric_per_round.png)" in text and "one seed" in text
     assert (tmp_path / "docs" / "results" / "tiny" / "plots" / "final_metric.png").is_file()
+    intro = tmp_path / "intro.md"
+    intro.write_text("**Status.** Three cells of four.\n", encoding="utf-8")
+    assert bench_main(["doc", str(out), "--doc", str(tmp_path / "r.md"), "--intro-file", str(intro)]) == 0
+    assert "**Status.** Three cells of four." in (tmp_path / "r.md").read_text()
+    assert bench_main(["doc", str(out), "--doc", str(tmp_path / "r.md"), "--intro", str(intro)]) == 2  # a file name as text
 
 
 MEMORY_BENCH = """

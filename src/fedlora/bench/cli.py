@@ -2,7 +2,7 @@
 
     fedlora bench BENCH.toml [--quick] [--out DIR] [--resume] [--set KEY=VALUE ...] [--seeds 0,1,2] [--only TEXT ...]
                              [--list] [--report] [--max-cells N] [--quiet] [--threads N]
-    fedlora bench doc OUT_DIR [OUT_DIR ...] [--doc docs/results.md] [--assets docs/results] [--intro TEXT]
+    fedlora bench doc OUT_DIR [OUT_DIR ...] [--doc docs/results.md] [--assets docs/results] [--intro TEXT | --intro-file FILE]
 
 Without ``--resume`` an output folder that already holds started cells is refused; with it, done
 cells are skipped and partial ones resume from their checkpoints. After the runs (or with
@@ -50,7 +50,9 @@ def build_doc_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dirs", nargs="+", help="bench output folders (runs/bench/<name>)")
     p.add_argument("--doc", default="docs/results.md", help="the Markdown file to write")
     p.add_argument("--assets", help="folder for the PNG plots (default: <doc folder>/results)")
-    p.add_argument("--intro", default="", help="a paragraph placed under the title")
+    intro = p.add_mutually_exclusive_group()
+    intro.add_argument("--intro", default="", help="Markdown text placed under the title")
+    intro.add_argument("--intro-file", help="a Markdown file whose text is placed under the title")
     return p
 
 
@@ -85,7 +87,17 @@ def _doc(argv: Sequence[str]) -> int:
     if missing:
         print(f"fedlora bench doc: {', '.join(missing)} hold no bench.json; pass folders written by `fedlora bench`", file=sys.stderr)
         return EXIT_USAGE
-    path = write_results_doc(args.out_dirs, args.doc, assets=args.assets, intro=args.intro)
+    intro = args.intro
+    if args.intro_file:
+        try:
+            intro = Path(args.intro_file).read_text(encoding="utf-8").strip()
+        except OSError as err:
+            print(f"fedlora bench doc: --intro-file {args.intro_file}: {err.strerror}; pass a readable Markdown file", file=sys.stderr)
+            return EXIT_USAGE
+    elif intro.endswith(".md") and "\n" not in intro and Path(intro).is_file():
+        print(f"fedlora bench doc: --intro {intro!r} is a file name; use --intro-file {intro} to place its text", file=sys.stderr)
+        return EXIT_USAGE
+    path = write_results_doc(args.out_dirs, args.doc, assets=args.assets, intro=intro)
     print(f"wrote {path}")
     return 0
 
