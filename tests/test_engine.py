@@ -339,3 +339,5 @@ def test_async_refuses_methods_that_cannot_rebase(data_file):
 
     with pytest.raises(ConfigError, match="run.mode = 'async' works with strategies"):
         tiny_config(data_file, run={"mode": "async"}, strategy={"name": "flora"})
+    with pytest.raises(ConfigError, match="train.lockstep"):
+        tiny_config(data_file, run={"mode": "async"}, train={"lockstep": True})

@@ -373,6 +373,9 @@ def _async_errors(cfg: "Config") -> list[str]:
                       f"client starts from, so a stale update can be rebased), not {name!r}; use run.mode = 'sync'")
     if cfg.run.deadline > 0:
         errors.append("run.deadline applies to synchronous rounds; in run.mode = 'async' slow clients never block, so set run.deadline = 0")
+    if cfg.train.lockstep:
+        errors.append("train.lockstep trains a synchronous round's clients together; run.mode = 'async' dispatches them one at a "
+                      "time, so set train.lockstep = false (or run.mode = 'sync')")
     if cfg.privacy.clip_norm > 0:
         errors.append("privacy.clip_norm with run.mode = 'async': DP accounting assumes synchronous rounds; use run.mode = 'sync'")
     return errors
