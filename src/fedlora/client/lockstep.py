@@ -13,6 +13,10 @@ the base's bf16 activations round (the same rows' hidden states differ between a
 of 8, as with any batching), and four Adam steps amplify that into updates ``B A`` that differ by up
 to ~25% relative (the losses by ~0.1%), the same order as bf16 against fp32 training.
 
+PEFT's mixed-adapter batches (``adapter_names``) refuse training mode, so the rows are routed here
+by :class:`_Routed`, which computes PEFT's LoRA term (``B(A x)·s``, added to the base output in fp32
+and cast back, as PEFT's ``Linear.forward``); the sequential trainer keeps PEFT's layers.
+
 What it buys is hardware throughput on the frozen base (one large matrix product instead of one per
 client). ``benchmarks/batching_gain.py`` measured no gain from larger batches on this project's
 2-core CPU; it is meant for GPUs. Cases it does not cover (:func:`lockstep_unsupported`) train
