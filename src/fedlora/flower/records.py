@@ -40,6 +40,8 @@ def client_record(rnd: int, cid: str, node: int, payload: Payload, update: Updat
                 record[name] = m[key]
         if "steps" in m:
             record["steps"] = int(m["steps"])
+        if "trained_modules" in m:  # a client-side rule chose fewer modules than the plan allowed (Fed-HeLLo)
+            record["trained_modules"] = int(m["trained_modules"])
         record.update({k: m[k] for k in PROCESS_KEYS if k in m})
     if error:
         record["error"] = error
