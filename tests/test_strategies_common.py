@@ -49,6 +49,12 @@ def dense(adapter: Adapter, module: str) -> torch.Tensor:
     return lora_delta(adapter[module])
 
 
+def ideal_average(updates, module: str) -> torch.Tensor:
+    """The exact average ``Σ p_k s_k B_k A_k`` of one module, ``p_k = n_k / Σ n_j``, dense float64."""
+    total = sum(u.num_examples for u in updates)
+    return sum(u.num_examples / total * lora_delta(u.factors[module]) for u in updates)
+
+
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(x.double() - ref.double()) / torch.linalg.matrix_norm(ref.double()))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from test_strategies_common import Q, SHAPES, UP, make_plan, simulate_client
+from test_strategies_common import ideal_average, Q, SHAPES, UP, make_plan, simulate_client
 
 from fedlora.lora.linalg import lora_delta
 from fedlora.strategies import make_strategy
@@ -18,9 +18,7 @@ def _round(s, server_round, ranks, seed):
     return payloads, [simulate_client(payloads[p.client_id], gen, 2 + 3 * k) for k, p in enumerate(plans)]
 
 
-def _avg(updates, m):
-    total = sum(u.num_examples for u in updates)
-    return sum(u.num_examples / total * lora_delta(u.factors[m]) for u in updates)
+_avg = ideal_average
 
 
 def _top(M, r):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_strategies_common import Q, UP, make_plan, simulate_client
+from test_strategies_common import ideal_average, Q, UP, make_plan, simulate_client
 
 from fedlora.lora.compose import refit_B
 from fedlora.lora.factors import LoraFactors, Update
@@ -14,9 +14,7 @@ from fedlora.lora.linalg import lora_delta
 from fedlora.strategies import make_strategy
 
 
-def _ideal(updates: list[Update], module: str) -> torch.Tensor:
-    total = sum(u.num_examples for u in updates)
-    return sum(u.num_examples / total * lora_delta(u.factors[module]) for u in updates)
+_ideal = ideal_average
 
 
 def _round(s, server_round: int, ranks: list[dict[str, int]], seed: int):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_strategies_common import Q, SHAPES, UP, make_plan, simulate_client
+from test_strategies_common import ideal_average, Q, SHAPES, UP, make_plan, simulate_client
 
 from fedlora.lora.linalg import lora_delta
 from fedlora.strategies import make_strategy
@@ -21,9 +21,7 @@ def _round(s, server_round: int, seed: int, n: int = 3):
     return payloads, [simulate_client(payloads[p.client_id], gen, 2 + 3 * k) for k, p in enumerate(plans)]
 
 
-def _ideal(updates, module):
-    total = sum(u.num_examples for u in updates)
-    return sum(u.num_examples / total * lora_delta(u.factors[module]) for u in updates)
+_ideal = ideal_average
 
 
 def test_sparse_stage_trains_shared_rows_and_accumulates_the_exact_average():
