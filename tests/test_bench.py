@@ -250,6 +250,7 @@ def test_grid_runs_resumes_and_reports(tmp_path, monkeypatch):
     doc = write_results_doc([out], tmp_path / "docs" / "results.md")
     text = doc.read_text()
     assert "![metric_per_round](results/tiny/plots/metric_per_round.png)" in text and "one seed" in text
+    assert "| seeds for ±0.02 |" in text
     assert (tmp_path / "docs" / "results" / "tiny" / "plots" / "final_metric.png").is_file()
     intro = tmp_path / "intro.md"
     intro.write_text("**Status.** Three cells of four.\n", encoding="utf-8")
@@ -328,6 +329,8 @@ def test_compare_pairs_seeds_and_stays_conservative():
     # seeds differ a lot, the paired differences hardly: +0.10, +0.11, +0.09 -> clearly better
     (paired,) = compare(_rows("m", {"a": [0.3, 0.61, 0.49], "b": [0.2, 0.5, 0.4]}), "a", ["b", "missing"], "m")
     assert paired.verdict == "better" and paired.seeds == 3 and paired.diff == pytest.approx(0.1)
+    # sd of the differences 0.01: t(.975, 2) 0.01 / sqrt(3) = 0.0248 > 0.02, t(.975, 3) 0.01 / 2 = 0.0159 <= 0.02
+    assert paired.seeds_for_2pt == 4 and one.seeds_for_2pt is None
     (noisy,) = compare(_rows("m", {"a": [0.5, 0.4, 0.6], "b": [0.4, 0.5, 0.55]}), "a", ["b"], "m")
     assert noisy.verdict == "no difference detected"  # differences +0.1, -0.1, +0.05
     assert noisy.ci_low < 0 < noisy.ci_high
@@ -411,7 +414,8 @@ def test_reference_baselines_and_published_cells(tmp_path):
     assert local_eval["n_models"] == 3
     # comparisons.json: every comparison with its interval and verdict
     comps = json.loads((publish / "comparisons.json").read_text())
-    keys = {"claim", "method", "baseline", "distribution", "metric", "seeds", "n_eval", "diff", "ci_low", "ci_high", "verdict"}
+    keys = {"claim", "method", "baseline", "distribution", "metric", "seeds", "n_eval", "diff", "ci_low", "ci_high", "verdict",
+            "seeds_for_2pt"}
     assert comps and all(keys <= set(c) for c in comps)
     assert {c["baseline"] for c in comps} == {"no-train", "local", "centralized"} and all(c["seeds"] == 2 for c in comps)
     assert {(c["distribution"], c["baseline"]) for c in comps} == {(d, b) for d in ("uniform", "light") for b in ("no-train", "local", "centralized")}

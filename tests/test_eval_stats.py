@@ -8,7 +8,7 @@ import statistics
 import pytest
 from scipy import stats as sps
 
-from fedlora.eval.stats import mean_se, paired_comparison, ratio_se
+from fedlora.eval.stats import mean_se, paired_comparison, ratio_se, seeds_for_half_width
 
 
 def test_mean_se_is_the_sample_std_over_root_n():
@@ -50,3 +50,17 @@ def test_paired_comparison_needs_pairs():
         paired_comparison([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="at least 2"):
         paired_comparison([1.0], [1.0])
+
+
+def test_seeds_for_half_width_by_hand_and_brute_force():
+    # sd 0.1, half-width 0.02: t(0.975, 98) / sqrt(99) = 1.98447 / 9.94987 = 0.19945 <= 0.2,
+    # t(0.975, 97) / sqrt(98) = 1.98472 / 9.89949 = 0.20049 > 0.2, so 99 seeds
+    assert seeds_for_half_width(0.1, 0.02) == 99
+    for sd, h in [(0.05, 0.02), (0.3, 0.02), (0.01, 0.05), (0.12, 0.08), (1.0, 0.5)]:
+        half = [sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n) for n in range(2, 5000)]
+        assert seeds_for_half_width(sd, h) == next(n for n, w in zip(range(2, 5000), half) if w <= h), (sd, h)
+    assert seeds_for_half_width(0.0, 0.02) == 2
+    assert seeds_for_half_width(10.0, 1e-4, max_seeds=1000) is None
+    assert seeds_for_half_width(0.1, 0.02, confidence=0.99) > 99
+    with pytest.raises(ValueError):
+        seeds_for_half_width(0.1, 0.0)

@@ -5,7 +5,9 @@ metric, per resource distribution, paired by seed (a seed fixes the data split, 
 the evaluation examples, so the paired difference removes most of the seed-to-seed spread): the
 mean paired difference with its 95% Student-t interval, the relative change, and a verdict:
 *better* / *worse* when the interval excludes zero, *no difference detected* otherwise, and *one
-seed* when there is no estimate of the noise. ``comparisons.json`` holds every comparison.
+seed* when there is no estimate of the noise. ``comparisons.json`` holds every comparison, with
+``seeds_for_2pt``: the paired seeds a 95% interval of half-width 0.02 (two points of accuracy or
+Rouge-L) would need at the spread of differences measured so far (:func:`fedlora.eval.stats.seeds_for_half_width`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ class Comparison:
     ci_low: float | None = None
     ci_high: float | None = None
     n_eval: int | None = None
+    seeds_for_2pt: int | None = None  # paired seeds for a 95% half-width of TARGET_HALF_WIDTH at this spread
+
+
+TARGET_HALF_WIDTH = 0.02
+"""The interval half-width the evidence benches aim for: two points of accuracy or Rouge-L."""
 
 
 def lower_is_better(metric: str) -> bool:
@@ -66,7 +73,7 @@ def compare(rows: Sequence[CellRow], method: str, baselines: Sequence[str], metr
     """``method`` against each baseline per distribution, paired by seed (same data split, same evaluation
     examples): the mean paired difference, signed so that > 0 means ``method`` is better, with a 95%
     Student-t interval and a verdict (:func:`fedlora.eval.stats.paired_comparison`)."""
-    from fedlora.eval.stats import paired_comparison
+    from fedlora.eval.stats import paired_comparison, seeds_for_half_width
 
     sign = -1.0 if lower_is_better(metric) else 1.0
     by_key = {(r.method, r.distribution, r.seed): r for r in rows}
@@ -96,7 +103,8 @@ def compare(rows: Sequence[CellRow], method: str, baselines: Sequence[str], metr
                 out.append(Comparison(dist, base, diff, rel, None, "one seed", 1, n_eval=n_eval))
                 continue
             pc = paired_comparison(diffs, [0.0] * len(diffs))
-            out.append(Comparison(dist, base, diff, rel, pc.se, pc.verdict, pc.n, pc.ci_low, pc.ci_high, n_eval))
+            needed = seeds_for_half_width(pc.se * math.sqrt(pc.n), TARGET_HALF_WIDTH)
+            out.append(Comparison(dist, base, diff, rel, pc.se, pc.verdict, pc.n, pc.ci_low, pc.ci_high, n_eval, needed))
     return out
 
 
@@ -112,7 +120,8 @@ def comparisons_json(info: dict, rows: Sequence[CellRow]) -> list[dict]:
         for c in compare(rows, claim["method"], claim["baselines"], metric):
             out.append({"claim": claim["text"], "method": claim["method"], "baseline": c.baseline, "distribution": c.distribution,
                         "metric": metric, "seeds": c.seeds, "n_eval": c.n_eval, "diff": c.diff, "ci_low": c.ci_low,
-                        "ci_high": c.ci_high, "verdict": c.verdict, "primary": metric == info["primary_metric"],
+                        "ci_high": c.ci_high, "verdict": c.verdict, "seeds_for_2pt": c.seeds_for_2pt,
+                        "primary": metric == info["primary_metric"],
                         "lower_is_better": lower_is_better(metric)})  # fmt: skip
     return out
 
@@ -126,13 +135,19 @@ def claim_section(info: dict, rows: Sequence[CellRow], labels: dict[str, str]) -
     better = "lower is better" if lower_is_better(metric) else "higher is better"
     lines = [f"**Claim.** {claim['text']}", "", f"**{name} against each baseline** on `{metric}` ({better}; a positive "
              "difference means the claimed method is better; mean of the differences paired by seed):", "",
-             "| distribution | baseline | seeds | eval examples | difference | relative | 95% CI | verdict |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| distribution | baseline | seeds | eval examples | difference | relative | 95% CI | verdict | seeds for ±0.02 |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in comps:
         rel = "-" if c.relative is None else f"{100 * c.relative:+.1f}%"
         ci = "-" if c.ci_low is None else f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
-        lines.append(f"| {c.distribution} | {labels.get(c.baseline, c.baseline)} | {c.seeds} | {c.n_eval or '-'} | {c.diff:+.4f} | {rel} | {ci} | {c.verdict} |")
+        need = "-" if c.ci_low is None else (str(c.seeds_for_2pt) if c.seeds_for_2pt else "> 100000")
+        lines.append(f"| {c.distribution} | {labels.get(c.baseline, c.baseline)} | {c.seeds} | {c.n_eval or '-'} | {c.diff:+.4f} | {rel} | "
+                     f"{ci} | {c.verdict} | {need} |")
     counts = {v: sum(c.verdict == v for c in comps) for v in ("better", "no difference detected", "worse", "one seed")}
     lines += ["", "**Reading.** " + _verdict_text(name, counts, comps), ""]
+    if any(c.ci_low is not None for c in comps):
+        lines += ["*Seeds for ±0.02*: the paired seeds a 95% interval of half-width 0.02 would need at the spread of the "
+                  "paired differences measured so far (a planning figure; the spread itself is estimated from these seeds).", ""]
     lines += _other_metrics(info, rows, name)
     return "\n".join(lines)
 

@@ -9,6 +9,8 @@
   two-sided Student-t confidence interval ``mean(d) ± t_{1-a/2, n-1} s_d / sqrt(n)`` and a verdict:
   ``better`` when the interval lies above 0, ``worse`` below, ``no difference detected`` otherwise
   (for a metric where lower is better, pass ``higher_is_better=False``).
+- :func:`seeds_for_half_width`: how many paired seeds that interval needs for a given half-width,
+  the smallest ``n >= 2`` with ``t_{1-a/2, n-1} s_d / sqrt(n) <= h`` (``s_d`` taken as known; a planning figure).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-__all__ = ["mean_se", "ratio_se", "PairedComparison", "paired_comparison", "t_quantile"]
+__all__ = ["mean_se", "ratio_se", "PairedComparison", "paired_comparison", "t_quantile", "seeds_for_half_width"]
 
 VERDICTS = ("better", "worse", "no difference detected")
 
@@ -91,3 +93,29 @@ def paired_comparison(method: Sequence[float], baseline: Sequence[float], *, con
     else:
         verdict = "no difference detected"
     return PairedComparison(len(diffs), mean, se, low, high, verdict, confidence)
+
+
+def seeds_for_half_width(sd: float, half_width: float, *, confidence: float = 0.95, max_seeds: int = 100_000) -> int | None:
+    """Smallest ``n >= 2`` whose paired t-interval ``t_{(1+c)/2, n-1} sd / sqrt(n)`` is at most ``half_width``.
+
+    ``sd`` is the standard deviation of the paired differences (e.g. ``se * sqrt(seeds)`` of a finished
+    comparison). None when more than ``max_seeds`` would be needed; 2 when ``sd`` is 0.
+    """
+    if half_width <= 0 or sd < 0:
+        raise ValueError(f"seeds_for_half_width needs half_width > 0 and sd >= 0; got {half_width}, {sd}")
+    from scipy.stats import t
+
+    q = 0.5 + confidence / 2
+
+    def fits(n: int) -> bool:
+        return float(t.ppf(q, n - 1)) * sd / math.sqrt(n) <= half_width
+
+    if fits(2):
+        return 2
+    if not fits(max_seeds):
+        return None
+    low, high = 2, max_seeds  # fits(low) is False, fits(high) is True; the half-width falls with n
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(mid) else (mid, high)
+    return high
