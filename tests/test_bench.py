@@ -136,7 +136,7 @@ def test_quick_variant_extends_its_parent(tmp_path):
 
 @pytest.mark.parametrize("name,cells", [("bucket_effect", (5 * 2 + 3) * 5), ("bucket_effect_quick", 4 * 2),
                                         ("memory_constrained", (4 * 2 + 1) * 5), ("memory_constrained_quick", 4 * 2),
-                                        ("bucket_effect_ni", (5 * 2 + 2) * 5), ("task_learnability", 2),
+                                        ("bucket_effect_ni", (5 + 2) * 5), ("task_learnability", 2),
                                         ("dp_cost", 3 * 4), ("compute_heterogeneity", 4 * 2 * 5)])  # fmt: skip
 def test_bundled_bench_files_are_valid(name, cells):
     bench = load_bench(REPO / "benchmarks" / f"{name}.toml")
