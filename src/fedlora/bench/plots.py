@@ -1,7 +1,9 @@
 """Bench plots (matplotlib, Agg backend, small PNGs):
 
 * ``metric_per_round.png``: the primary metric per round, one panel per resource distribution, one
-  line per method (mean over seeds, band = 95% Student-t interval of the mean);
+  line per method (mean over seeds, band = 95% Student-t interval of the mean); a bench that evaluates
+  only the final model (``run.eval_every = 0``) shows round 0 (the untrained model) and the last round;
+* ``train_loss_per_round.png``: the same for the clients' mean training loss, which every round records;
 * ``final_metric.png``: the final primary metric per method and distribution (dots, so that small
   differences stay visible), error bars = 95% interval of the mean over seeds;
 * ``communication.png``: bytes up and down per round per method (mean over the method's cells), from
@@ -20,7 +22,7 @@ from fedlora.bench.results import Aggregate, CellRow, metric_series, traffic_ser
 
 __all__ = ["plot_bench", "PLOT_FILES"]
 
-PLOT_FILES = ("metric_per_round.png", "final_metric.png", "communication.png", "wall_time.png")
+PLOT_FILES = ("metric_per_round.png", "train_loss_per_round.png", "final_metric.png", "communication.png", "wall_time.png")
 _DPI = 90
 
 
@@ -94,7 +96,8 @@ def plot_metric_per_round(rows, metric, methods, dists, labels, path: Path) -> P
         ax.axis("off")
     axes[0][0].set_ylabel(metric)
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.suptitle(f"{metric} per round (mean over seeds, band: 95% interval; round 0: the untrained model)", fontsize=10)
+    start = "" if metric.startswith("train/") else "; round 0: the untrained model"
+    fig.suptitle(f"{metric} per round (mean over seeds, band: 95% interval{start})", fontsize=10)
     fig.tight_layout()
     fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     return _save(fig, path)
@@ -166,15 +169,16 @@ def _save(fig: Any, path: Path) -> Path:
 def plot_bench(rows: Sequence[CellRow], aggs: Sequence[Aggregate], metric: str, out_dir: str | Path, *,
                methods: Sequence[str] | None = None, distributions: Sequence[str] | None = None,
                labels: dict[str, str] | None = None) -> list[Path]:  # fmt: skip
-    """Write the four plots of :data:`PLOT_FILES` into ``out_dir``; returns their paths (none without rows)."""
+    """Write the plots of :data:`PLOT_FILES` into ``out_dir``; returns their paths (none without rows)."""
     if not rows:
         return []
     out, labels = Path(out_dir), labels or {}
     methods, dists = _order(rows, "method", methods), _order(rows, "distribution", distributions)
     return [
         plot_metric_per_round(rows, metric, methods, dists, labels, out / PLOT_FILES[0]),
-        _grouped_bars(aggs, metric, methods, dists, labels, metric, f"final {metric} (error bars: 95% interval over seeds)", out / PLOT_FILES[1],
+        plot_metric_per_round(rows, "train/loss", methods, dists, labels, out / PLOT_FILES[1]),
+        _grouped_bars(aggs, metric, methods, dists, labels, metric, f"final {metric} (error bars: 95% interval over seeds)", out / PLOT_FILES[2],
                       points=True),
-        plot_communication(rows, methods, labels, out / PLOT_FILES[2]),
-        _grouped_bars(aggs, "seconds", methods, dists, labels, "seconds", "wall time per cell (error bars: 95% interval over seeds)", out / PLOT_FILES[3]),
+        plot_communication(rows, methods, labels, out / PLOT_FILES[3]),
+        _grouped_bars(aggs, "seconds", methods, dists, labels, "seconds", "wall time per cell (error bars: 95% interval over seeds)", out / PLOT_FILES[4]),
     ]  # fmt: skip
