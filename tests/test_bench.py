@@ -22,7 +22,7 @@ from fedlora.bench.cli import main as bench_main
 from fedlora.bench.cli import write_report
 from fedlora.bench.doc import compare, write_results_doc
 from fedlora.bench.plots import PLOT_FILES
-from fedlora.bench.results import collect
+from fedlora.bench.results import CellRow, collect, estimate_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -206,7 +206,7 @@ def _expected_bytes(cell, spec_ranks: list[int]) -> int:
 
 
 @pytest.mark.integration
-def test_grid_runs_resumes_and_reports(tmp_path, monkeypatch):
+def test_grid_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     from fedlora.bench import runner
     from fedlora.engine.plans import client_ranks
 
@@ -214,6 +214,8 @@ def test_grid_runs_resumes_and_reports(tmp_path, monkeypatch):
     out = tmp_path / "out"
     first = run_grid(bench, out, max_cells=1, verbose=False, log=lambda s: None)
     assert [o.status for o in first.outcomes] == ["done"]
+    assert bench_main([str(bench.path), "--out", str(out), "--list"]) == 0
+    assert "1 of 4 cells done; 3 left: about " in capsys.readouterr().out
     partial = bench.cells[1]
     assert run_cell(partial, cell_dir(out, partial), metrics=bench.metrics, stop_after=1) is None  # "killed" after round 1
     assert cell_state(cell_dir(out, partial)) == "partial"
@@ -318,7 +320,6 @@ def test_memory_baselines_train_what_fits(tmp_path, tiny_spec):
 
 
 def _rows(metric: str, values: dict[str, list[float]]) -> list:
-    from fedlora.bench.results import CellRow
 
     return [CellRow(f"{m}__d__seed{i}", m, "d", i, {metric: v}, 0, 0, 0.0, 1, 1) for m, vs in values.items() for i, v in enumerate(vs)]
 
@@ -354,6 +355,7 @@ def test_fedlora_cli_dispatches_bench(tmp_path, capsys):
     assert fedlora_main(["bench", str(path), "--out", str(tmp_path / "out"), "--seeds", "3,4", "--list"]) == 0
     listed = capsys.readouterr().out.split("\n")
     assert sum("new" in line for line in listed) == 8 and "flexlora__uniform__seed4" in listed[1]
+    assert "0 of 8 cells done; 8 left: no finished cell to estimate the time from" in listed
     assert fedlora_main(["bench", str(path), "--seeds", "x"]) == 2
 
 
@@ -428,7 +430,6 @@ def test_reference_baselines_and_published_cells(tmp_path):
 
 def test_task_table_marks_tasks_the_trained_model_beats_beyond_the_interval():
     from fedlora.bench.doc import task_table
-    from fedlora.bench.results import CellRow
 
     def row(method, acc, rouge):
         ev = {"type": "eval", "split": "eval", "round": 1, "task/a/accuracy": acc, "task/a/accuracy_se": 0.02,
@@ -464,3 +465,12 @@ def test_every_shipped_bench_file_parses_into_cells(path):
     bench = load_bench(path)
     assert bench.cells and len({c.id for c in bench.cells}) == len(bench.cells)
     assert all(c.config.strategy.name for c in bench.cells)
+
+
+def test_estimate_seconds_uses_the_method_mean_then_the_overall_mean():
+    rows = [CellRow("a0", "a", "d", 0, {}, 0, 0, 100.0, 1, 1), CellRow("a1", "a", "d", 1, {}, 0, 0, 300.0, 1, 1),
+            CellRow("b0", "b", "d", 0, {}, 0, 0, 50.0, 1, 1), CellRow("c0", "c", "d", 0, {}, 0, 0, 0.0, 1, 1)]
+    # a: mean 200; b: 50; c has only an untimed row and z none, so both count the timed mean 150
+    assert estimate_seconds(["a", "a", "b", "c", "z"], rows) == pytest.approx(200 + 200 + 50 + 150 + 150)
+    assert estimate_seconds([], rows) == 0
+    assert estimate_seconds(["a"], rows[3:]) is None

@@ -71,11 +71,19 @@ def write_report(bench, out_dir: str | Path) -> dict[str, Path]:
 
 
 def _list(bench, out_dir: Path) -> int:
+    from fedlora.bench.results import collect, estimate_seconds
     from fedlora.bench.runner import cell_dir, cell_state
 
+    states = {c.id: cell_state(cell_dir(out_dir, c)) for c in bench.cells}
     for c in bench.cells:
-        print(f"{cell_state(cell_dir(out_dir, c)):8} {c.id}  (strategy {c.config.strategy.name}"
+        print(f"{states[c.id]:8} {c.id}  (strategy {c.config.strategy.name}"
               f"{', plan ' + c.method.plan if c.method.plan else ''})")  # fmt: skip
+    pending = [c.method.name for c in bench.cells if states[c.id] != "done"]
+    done = len(bench.cells) - len(pending)
+    left = estimate_seconds(pending, collect(out_dir, [c.id for c in bench.cells]))
+    eta = ("no finished cell to estimate the time from" if left is None else
+           f"about {left / 3600:.1f} h in one process, at the mean wall time of finished cells of the same method")
+    print(f"{done} of {len(bench.cells)} cells done; {len(pending)} left" + (f": {eta}" if pending else ""))
     return 0
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["CellRow", "Aggregate", "final_metric", "metric_series", "traffic_series", "collect", "aggregate",
-           "write_tables", "markdown_tables", "fmt_mean_std"]  # fmt: skip
+           "write_tables", "markdown_tables", "fmt_mean_std", "estimate_seconds"]  # fmt: skip
 
 
 @dataclass
@@ -99,6 +99,22 @@ def collect(out_dir: str | Path, cell_ids: Sequence[str] | None = None) -> list[
                             int(r["bytes_down"]), float(r["seconds"] or 0.0), int(r["clients"]), int(r["rounds"]),
                             records))  # fmt: skip
     return rows
+
+
+def estimate_seconds(pending_methods: Sequence[str], rows: Sequence[CellRow]) -> float | None:
+    """Wall seconds that cells of ``pending_methods`` would take, one after another.
+
+    Each pending cell counts the mean ``seconds`` of the finished ``rows`` of its method, or of all
+    finished rows while its method has none; ``None`` when nothing has finished to estimate from.
+    """
+    timed = [r for r in rows if r.seconds > 0]
+    if not timed:
+        return None
+    overall = statistics.fmean(r.seconds for r in timed)
+    by_method: dict[str, list[float]] = {}
+    for r in timed:
+        by_method.setdefault(r.method, []).append(r.seconds)
+    return sum(statistics.fmean(by_method[m]) if m in by_method else overall for m in pending_methods)
 
 
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
