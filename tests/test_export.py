@@ -128,3 +128,35 @@ def test_client_export_of_a_method_without_personal_models_is_a_clear_error(data
     engine = _run(data_file, tmp_path, "fedit")
     assert main(["export", str(engine.run_dir), "--client", "client_000"]) == 2
     assert "keeps no per-client adapters" in capsys.readouterr().err
+
+
+def _load_benchmark_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sample_answers_generates_from_the_runs_global_model(data_file, tmp_path, capsys):
+    from fedlora.eval.generation import generate_answers
+
+    script = _load_benchmark_script("sample_answers")
+    assert script.evenly_spaced(list(range(10)), 4) == [0, 2, 5, 7] and script.evenly_spaced([1, 2], 5) == [1, 2]
+    assert script.mostly("12-3a", script.is_digit) and not script.mostly("ab1", script.is_digit) and not script.mostly("", script.is_digit)
+    assert script.mostly("ਸਿਤਰ x", script.is_non_latin) and not script.mostly("café", script.is_non_latin)
+    engine = _run(data_file, tmp_path, "flexlora")
+    rows = script.sample_answers(str(engine.run_dir), 2, split="eval", max_new_tokens=4)
+    examples = script.evenly_spaced(engine.data.eval, 2)
+    assert [(t, r) for t, r, _ in rows] == [(ex.task, ex.output) for ex in examples]
+    with engine.trainer.use_adapter(engine.strategy.global_adapter()) as model:  # the engine's own global model
+        expected = generate_answers(model, engine.trainer.tokenizer, examples, max_new_tokens=4)
+    assert [a for _, _, a in rows] == expected and any(expected)
+    assert script.main([str(engine.run_dir), "--n", "2", "--split", "eval", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "(eval):" in out and out.count("reference") == 2
+    with pytest.raises(ValueError, match="split 'train'"):
+        script.sample_answers(str(engine.run_dir), 2, split="train")
