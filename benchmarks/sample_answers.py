@@ -31,10 +31,6 @@ def mostly(text: str, is_kind) -> bool:
     return bool(text) and sum(map(is_kind, text)) > len(text) / 3
 
 
-def is_digit(c: str) -> bool:
-    return c.isdigit()
-
-
 def is_non_latin(c: str) -> bool:
     return ord(c) > 0x24F  # past Latin Extended-B
 
@@ -76,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     rows = sample_answers(args.run_dir, args.n, args.split, args.max_new_tokens)
     answers = [a for _, _, a in rows]
-    print(f"{args.run_dir} ({args.split}): {sum(mostly(a, is_digit) for a in answers)}/{len(rows)} answers mostly digits, "
+    print(f"{args.run_dir} ({args.split}): {sum(mostly(a, str.isdigit) for a in answers)}/{len(rows)} answers mostly digits, "
           f"{sum(mostly(a, is_non_latin) for a in answers)}/{len(rows)} mostly non-Latin")  # fmt: skip
     for task, ref, ans in rows:
         print(f"  [{task[:30]}] reference {ref[:40]!r}  answer {ans[:60]!r}")

@@ -146,7 +146,7 @@ def test_sample_answers_generates_from_the_runs_global_model(data_file, tmp_path
 
     script = _load_benchmark_script("sample_answers")
     assert script.evenly_spaced(list(range(10)), 4) == [0, 2, 5, 7] and script.evenly_spaced([1, 2], 5) == [1, 2]
-    assert script.mostly("12-3a", script.is_digit) and not script.mostly("ab1", script.is_digit) and not script.mostly("", script.is_digit)
+    assert script.mostly("12-3a", str.isdigit) and not script.mostly("ab1", str.isdigit) and not script.mostly("", str.isdigit)
     assert script.mostly("ਸਿਤਰ x", script.is_non_latin) and not script.mostly("café", script.is_non_latin)
     engine = _run(data_file, tmp_path, "flexlora")
     rows = script.sample_answers(str(engine.run_dir), 2, split="eval", max_new_tokens=4)
