@@ -160,3 +160,30 @@ def test_sample_answers_generates_from_the_runs_global_model(data_file, tmp_path
     assert "(eval):" in out and out.count("reference") == 2
     with pytest.raises(ValueError, match="split 'train'"):
         script.sample_answers(str(engine.run_dir), 2, split="train")
+
+
+def test_eval_checkpoint_reproduces_the_runs_own_evaluation_of_each_kept_round(data_file, tmp_path, capsys):
+    script = _load_benchmark_script("eval_checkpoint")
+    cfg = parse_config({
+        "run": {"rounds": 2, "seed": 3, "eval_every": 1, "keep_checkpoints": 2}, "model": {"name": "tiny"},
+        "data": {"source": "jsonl", "train_path": str(data_file), "num_clients": 3, "partition": "iid", "max_eval_per_task": 4},
+        "clients": {"ranks": [2, 4, 8]}, "strategy": {"name": "flexlora"},
+        "train": {"local_steps": 3, "lr": 5e-2, "max_length": 32},
+        "eval": {"max_new_tokens": 3, "seen_per_task": 3, "heldout": False},  # 3 of each task's 4 eval examples
+    })  # fmt: skip
+    engine = Engine(cfg, tmp_path / "run")
+    engine.run()
+    records = [json.loads(line) for line in (engine.run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["round"]: r for r in records if r.get("type") == "eval" and r.get("split") == "eval"}
+    assert logged[1]["loss"] != logged[2]["loss"]  # the two rounds' models differ, so matching each is a real check
+    for age, server_round in ((0, 2), (1, 1)):
+        got_round, metrics = script.evaluate_checkpoint(engine.run_dir, age, "eval")
+        assert got_round == server_round
+        assert metrics["n_examples"] == logged[server_round]["n_examples"] == 6
+        for key in ("loss", "rougeL", "rougeL_tf"):
+            assert metrics[key] == pytest.approx(logged[server_round][key], abs=1e-4), (age, key)
+    assert script.main([str(engine.run_dir), "--checkpoints", "1", "--split", "eval"]) == 0
+    out = capsys.readouterr().out
+    assert "round 1 (checkpoint.1.pt), eval: rougeL" in out and "the run's own log, round 1" in out
+    with pytest.raises(FileNotFoundError, match="checkpoint.2.pt does not exist; the run keeps checkpoint.pt, checkpoint.1.pt"):
+        script.evaluate_checkpoint(engine.run_dir, 2)

@@ -106,7 +106,7 @@ def _set_threads(n: int) -> int:
     return before
 
 
-def _per_task(examples: list, limit: int) -> list:
+def first_per_task(examples: list, limit: int) -> list:
     """The first ``limit`` examples of each task (all when ``limit`` is 0), order kept."""
     if not limit:
         return examples
@@ -441,7 +441,7 @@ class Engine:
     def _evaluate(self, server_round: int) -> None:
         from fedlora.eval import evaluate
 
-        seen = _per_task(self.data.eval, self.cfg.eval.seen_per_task)
+        seen = first_per_task(self.data.eval, self.cfg.eval.seen_per_task)
         wanted = (("eval", seen, self.cfg.eval.seen), ("heldout", self.data.heldout, self.cfg.eval.heldout))
         splits = [(split, examples) for split, examples, on in wanted if on and examples]
         if not splits:
