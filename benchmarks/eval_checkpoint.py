@@ -16,7 +16,6 @@ run's own logged figure for that round where the run evaluated it (a check that 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ import torch
 from fedlora.engine.build import eval_kwargs, load_base_model
 from fedlora.engine.checkpoint import CHECKPOINT_FILE, checkpoint_files
 from fedlora.engine.data import build_data
+from fedlora.engine.metrics_log import read_metrics
 from fedlora.engine.run import first_per_task
 from fedlora.eval import evaluate
 from fedlora.eval.format import metric_line
@@ -73,8 +73,7 @@ def logged(run_dir: Path, server_round: int, split: str) -> dict | None:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return next((r for r in records if r.get("type") == "eval" and r.get("round") == server_round and r.get("split") == split), None)
+    return next((r for r in read_metrics(path) if r.get("type") == "eval" and r.get("round") == server_round and r.get("split") == split), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
