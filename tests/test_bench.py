@@ -34,7 +34,7 @@ name = "tiny"
 [base.data]
 tasks = ["rt_sentiment", "headline_source", "word_sentiment"]
 heldout_tasks = ["word_sentiment"]
-num_clients = 3
+num_clients = 4
 max_train_per_task = 4
 max_eval_per_task = 2
 [base.clients]
@@ -64,7 +64,7 @@ label = "FlexLoRA"
 strategy.name = "flexlora"
 [methods.fedit-max-drop]
 strategy.name = "fedit"
-plan = "drop-small"
+plan = "drop-small-fraction"
 [distributions.uniform]
 clients.rank_distribution = "uniform"
 [distributions.light]
@@ -98,13 +98,13 @@ def test_grid_expands_methods_distributions_seeds(tmp_path):
     assert len(bench.cells) == 2 * 2 * 2
     cell = bench.cells[-1]
     assert (cell.config.run.seed, cell.config.run.name) == (1, "fedit-max-drop__light__seed1")
-    assert cell.config.strategy.name == "fedit" and cell.method.plan == "drop-small"
+    assert cell.config.strategy.name == "fedit" and cell.method.plan == "drop-small-fraction"
     assert cell.config.clients.rank_distribution == "heavy-tail-light"
     assert bench.metrics[0] == "heldout/accuracy" and bench.claim.baselines == ("fedit-max-drop",)
 
 
 def test_grid_reports_every_problem_at_once(tmp_path):
-    text = RANK_BENCH.replace('plan = "drop-small"', 'plan = "drop-smal"').replace('primary_metric = "heldout/accuracy"', 'primary_metric = "rougeL"')
+    text = RANK_BENCH.replace('plan = "drop-small-fraction"', 'plan = "drop-smal"').replace('primary_metric = "heldout/accuracy"', 'primary_metric = "rougeL"')
     text += '\n[methods.bad]\nstrategy.name = "fedavg"\ntrain.lrr = 1\n'
     with pytest.raises(BenchError) as err:
         load_bench(_write(tmp_path, text))
@@ -134,7 +134,7 @@ def test_quick_variant_extends_its_parent(tmp_path):
     assert {c.config.run.rounds for c in quick.cells} == {1} and quick.cells[0].config.model.name == "tiny"
 
 
-@pytest.mark.parametrize("name,cells", [("bucket_effect", (5 * 2 + 3) * 5), ("bucket_effect_quick", 4 * 2),
+@pytest.mark.parametrize("name,cells", [("bucket_effect", (5 + 3) * 5), ("bucket_effect_quick", 4 * 2),
                                         ("memory_constrained", (4 * 2 + 1) * 5), ("memory_constrained_quick", 4 * 2),
                                         ("bucket_effect_ni", (5 + 2) * 5), ("task_learnability", 2),
                                         ("dp_cost", 3 * 4), ("compute_heterogeneity", 4 * 2 * 5)])  # fmt: skip
@@ -198,7 +198,7 @@ def test_baseline_planner_modes(tiny_spec):
 def _expected_bytes(cell, spec_ranks: list[int]) -> int:
     """Bytes sent over the run: every client's factors up each round, down from round 2 (round 1 starts fresh)."""
     rounds = cell.config.run.rounds
-    if cell.method.plan == "drop-small":
+    if cell.method.plan == "drop-small-fraction":
         spec_ranks = [r for r in spec_ranks if r == max(spec_ranks)]
     elif cell.config.strategy.name == "fedit":
         spec_ranks = [min(spec_ranks)] * len(spec_ranks)
@@ -266,13 +266,13 @@ MEMORY_BENCH = """
 name = "tiny_memory"
 seeds = [0]
 primary_metric = "eval/loss"
-""" + TINY_BASE.replace("num_clients = 3", "num_clients = 2").replace(
+""" + TINY_BASE.replace("num_clients = 4", "num_clients = 2").replace(
     "rank_levels = [2, 4]", "fedpilot_rank = 4\nbudgets = [800000, 1300000]\n[base.strategy]\nname = \"fedpilot\""
 ) + """
 [methods.fedpilot]
 strategy.name = "fedpilot"
 [methods.exclude-small]
-plan = "drop-small"
+plan = "drop-small-fraction"
 [methods.last-layers]
 plan = "last-layers"
 [methods.random-modules]
@@ -310,7 +310,7 @@ def test_memory_baselines_train_what_fits(tmp_path, tiny_spec):
                 assert r["bytes_up"] == sum(size[m] for m in plan.trainable_modules), (cell.id, rnd)
                 assert r["bytes_down"] == sum(size[m] for m in plan.ranks if m in trained_before), (cell.id, rnd)
             trained_before |= {m for p in plans.values() for m in p.trainable_modules}
-        if cell.method.plan == "drop-small":
+        if cell.method.plan == "drop-small-fraction":
             assert not small
         else:
             assert small and all(r["trained_modules"] < len(size) for r in small)
@@ -410,17 +410,19 @@ def test_reference_baselines_and_published_cells(tmp_path):
     central = next(c for c in bench.cells if c.method.name == "centralized")
     records = [json.loads(x) for x in (cell_dir(out, central) / "metrics.jsonl").read_text().splitlines()]
     clients = [r for r in records if r["type"] == "client"]
-    assert {c["client"] for c in clients} == {"pooled"} and all(c["steps"] == 3 for c in clients)  # 3 clients x 1 step
+    assert {c["client"] for c in clients} == {"pooled"} and all(c["steps"] == 4 for c in clients)  # 4 clients x 1 step
     assert all(c["num_examples"] == 8 and c["rank"] == max(client_ranks(central.config)) for c in clients)  # 2 tasks x 4
     local_eval = [r for r in rows[("local", 1)].records if r["type"] == "eval"][-1]
-    assert local_eval["n_models"] == 3
+    assert local_eval["n_models"] == 4
     # comparisons.json: every comparison with its interval and verdict
     comps = json.loads((publish / "comparisons.json").read_text())
     keys = {"claim", "method", "baseline", "distribution", "metric", "seeds", "n_eval", "diff", "ci_low", "ci_high", "verdict",
             "seeds_for_2pt"}
     assert comps and all(keys <= set(c) for c in comps)
     assert {c["baseline"] for c in comps} == {"no-train", "local", "centralized"} and all(c["seeds"] == 2 for c in comps)
-    assert {(c["distribution"], c["baseline"]) for c in comps} == {(d, b) for d in ("uniform", "light") for b in ("no-train", "local", "centralized")}
+    # the references pair with every distribution; local-only (its ranks are the distribution's) only with its own
+    assert {(c["distribution"], c["baseline"]) for c in comps} == {("uniform", "local")} | {
+        (d, b) for d in ("uniform", "light") for b in ("no-train", "centralized")}
     acc = [c for c in comps if c["metric"] == "eval/accuracy"]
     assert acc and all(c["n_eval"] == 4 and c["ci_low"] <= c["diff"] <= c["ci_high"] for c in acc)
     # a fresh output folder continues from what was published: nothing runs again
@@ -447,7 +449,7 @@ def test_every_registered_method_runs_as_a_bench_cell(tmp_path):
     """Each method of the registry is a bench cell that trains one round on the tiny model."""
     from fedlora.strategies import STRATEGY_NAMES
 
-    extra = {"fedpilot": 'clients.budgets = [1500000, 2000000, 3000000]\nclients.fedpilot_rank = 2\n',
+    extra = {"fedpilot": 'clients.budgets = [1500000, 2000000, 3000000, 3000000]\nclients.fedpilot_rank = 2\n',
              "feddpa": "strategy.global_rank = 1\n", "slora": "strategy.sparse_rounds = 1\n"}
     methods = "".join(f'[methods.{n}]\nstrategy.name = "{n}"\n{extra.get(n, "")}' for n in STRATEGY_NAMES)
     text = ('[bench]\nname = "zoo"\nseeds = [0]\nprimary_metric = "eval/loss"\nmetrics = ["train/loss"]\n'
@@ -474,3 +476,43 @@ def test_estimate_seconds_uses_the_method_mean_then_the_overall_mean():
     assert estimate_seconds(["a", "a", "b", "c", "z"], rows) == pytest.approx(200 + 200 + 50 + 150 + 150)
     assert estimate_seconds([], rows) == 0
     assert estimate_seconds(["a"], rows[3:]) is None
+
+
+# ----------------------------------------------------------------------------- baselines train as much as the methods
+
+
+def _drop_engine(tmp_path, per_round):
+    from fedlora.config import parse_config
+    from fedlora.engine.run import Engine
+
+    raw = load_bench(_write(tmp_path, RANK_BENCH)).cells[0].raw
+    raw = {**raw, "clients": {"ranks": [2, 2, 4, 4], "clients_per_round": per_round}, "run": {**raw["run"], "rounds": 1}}
+    engine = Engine(parse_config(raw), tmp_path / f"run{per_round}")
+    engine.setup()
+    return engine
+
+
+@pytest.mark.integration
+def test_drop_small_samples_as_many_clients_per_round_as_the_full_federation(tmp_path):
+    from fedlora.bench.baselines import install_plan_mode
+
+    full = _drop_engine(tmp_path, 0.5)
+    assert full.per_round == 2
+    install_plan_mode(full, "drop-small")
+    assert full.per_round == 2 and set(full.data.client_ids) == {"client_002", "client_003"}
+    trained = [r for r in full.run().records if r["type"] == "client"]
+    assert len(trained) == 2 and {r["rank"] for r in trained} == {4}
+
+    fewer = _drop_engine(tmp_path, 0.5)
+    install_plan_mode(fewer, "drop-small-fraction")  # the old behaviour: the fraction of the kept clients
+    assert fewer.per_round == 1
+
+    with pytest.raises(ValueError, match="fewer than the 3 clients per round.*drop-small-fraction"):
+        install_plan_mode(_drop_engine(tmp_path, 3), "drop-small")
+
+
+def test_a_distribution_without_every_rank_level_is_refused(tmp_path):
+    text = RANK_BENCH.replace("num_clients = 4", "num_clients = 3")  # heavy-tail-light over 3: all at rank 2
+    with pytest.raises(BenchError, match=r"distributions.light: 'heavy-tail-light' over 3 clients gives no client rank \[4\]"):
+        load_bench(_write(tmp_path, text))
+    assert load_bench(_write(tmp_path, RANK_BENCH)).cells  # over 4 clients: three at rank 2, one at rank 4

@@ -238,6 +238,12 @@ def test_eval_at_start_false_skips_round_zero(data_file, tmp_path):
     assert not [r for r in base.records if r["type"] == "round"]
 
 
+def test_eval_last_evaluates_exactly_the_last_rounds_and_round_zero(data_file, tmp_path):
+    cfg = tiny_config(data_file, run={"rounds": 4, "eval_every": 0, "eval_last": 2})
+    result = Engine(cfg, tmp_path).run()
+    assert sorted({r["round"] for r in result.records if r["type"] == "eval"}) == [0, 3, 4]
+
+
 def test_a_client_ten_times_slower_is_dropped_or_cut_by_the_deadline_and_reported(data_file, tmp_path):
     # 4 clients, all sampled; client speeds 10, 10, 10, 1 steps per simulated second; 4 local steps
     speeds = {"clients": {"speeds": [10.0, 10.0, 10.0, 1.0]}}

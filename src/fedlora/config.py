@@ -73,6 +73,8 @@ class RunSection:
     seed: int = opt(0, "master seed: data split, partition, ranks, sampling, client seeds and LoRA inits derive from it")
     rounds: int = opt(3, "federated rounds", ge=1)
     eval_every: int = opt(1, "evaluate the global adapter every k rounds (round 0 and the last round always); 0: only those", ge=0)
+    eval_last: int = opt(0, "also evaluate after each of the last k rounds (a bench endpoint that averages the "
+                         "last k rounds evaluates only those); 0: none beyond eval_every", ge=0)
     checkpoint_every: int = opt(1, "write a resumable checkpoint every k rounds (the last round always)", ge=1)
     keep_checkpoints: int = opt(2, "checkpoints kept (checkpoint.pt, checkpoint.1.pt, ...): a corrupt newest one falls back "
                                 "to the previous", ge=1)

@@ -4,6 +4,12 @@
   (FlexLoRA's bucket-effect baseline "FedIT at the maximum rank, small clients dropped"): the
   clients at the largest rank train every module at that rank. With memory budgets (Fed-pilot's
   baseline (a)): the clients whose budget fits full LoRA at ``clients.fedpilot_rank`` train it.
+  Each round samples as many clients as the full federation does (``clients.clients_per_round`` of
+  *all* clients), from the kept ones, so the baseline trains as many steps as the methods it is
+  compared with; fewer kept clients than that is refused.
+* ``drop-small-fraction``: the same kept clients, but ``clients.clients_per_round`` applies to the
+  kept clients only, so a round trains fewer clients than the full federation's (the behaviour of
+  fedlora's benches before 2026-12; it confounds "dropped clients" with "fewer training steps").
 * ``last-layers`` (baseline (b)): walk the modules from the output down (layer by layer, the
   last module of a layer first) and train the longest suffix whose predicted peak fits the budget.
 * ``centralized``: every client's training data pooled on one client ("pooled"), which trains at the
@@ -33,7 +39,7 @@ from fedlora.modelspec import ModelSpec
 __all__ = ["PLAN_MODES", "full_lora_fits", "select_last_layers", "select_random_modules", "drop_small_by_rank",
            "drop_small_by_budget", "BaselinePlanner", "PooledPlanner", "install_plan_mode"]  # fmt: skip
 
-PLAN_MODES = ("drop-small", "last-layers", "random-modules", "centralized", "no-train")
+PLAN_MODES = ("drop-small", "last-layers", "random-modules", "drop-small-fraction", "centralized", "no-train")
 """Bench-side allocations. ``centralized`` and ``no-train`` are the reference points of every comparison:
 all clients' data pooled on one client at the largest rank with the federation's total local steps (the
 ceiling), and the untrained base model (round 0 only)."""
@@ -120,16 +126,17 @@ class BaselinePlanner:
 
     def __init__(self, mode: str, spec: ModelSpec, ids: Sequence[str], *, ranks: Sequence[int], budgets: Sequence[int] | None,
                  mm_kwargs: Mapping[str, Any], rank: int, alpha_ratio: float, seed: int) -> None:  # fmt: skip
-        if mode not in PLAN_MODES[:3]:
+        if mode not in PLAN_MODES[:4]:
             raise ValueError(f"unknown plan mode {mode!r}; use one of {', '.join(PLAN_MODES)}")
-        if mode != "drop-small" and budgets is None:
+        dropping = mode in ("drop-small", "drop-small-fraction")
+        if not dropping and budgets is None:
             raise ValueError(f"plan {mode!r} selects modules under memory budgets; give the clients budgets "
                              "(strategy 'fedpilot' with clients.budgets or clients.budget_low/budget_high)")  # fmt: skip
         self.allocation, self.spec, self.ranks, self.budgets = mode, spec, list(ranks), None if budgets is None else list(budgets)
         self.mm_kwargs, self.rank, self.alpha_ratio, self.seed = dict(mm_kwargs), int(rank), float(alpha_ratio), int(seed)
         self.all_ids = tuple(ids)
         self._static: dict[str, ClientPlan] | None = None
-        if mode == "drop-small":
+        if dropping:
             plans = (drop_small_by_rank(spec, ids, ranks, alpha_ratio) if budgets is None
                      else drop_small_by_budget(spec, ids, budgets, mm_kwargs, rank, alpha_ratio))  # fmt: skip
             self._static = {p.client_id: p for p in plans}
@@ -137,7 +144,7 @@ class BaselinePlanner:
             sels = [select_last_layers(spec, b, mm_kwargs, rank, cid) for cid, b in zip(ids, budgets)]
             plans = plans_from_selections(spec, list(ids), sels, rank=rank, alpha_ratio=alpha_ratio)
             self._static = {p.client_id: p for p in plans}
-        self.ids = tuple(self._static) if mode == "drop-small" else self.all_ids
+        self.ids = tuple(self._static) if dropping else self.all_ids
 
     def score_clients(self, *args: Any, **kwargs: Any) -> None:
         """Nothing to score: baselines use no module importance."""
@@ -228,9 +235,16 @@ def install_plan_mode(engine: Any, mode: str) -> BaselinePlanner | PooledPlanner
                               alpha_ratio=cfg.clients.alpha_ratio, seed=cfg.run.seed)  # fmt: skip
     if not planner.ids:
         raise ValueError(f"plan {mode!r}: no client can afford the full configuration; raise the budgets or ranks")
+    kept = len(planner.ids)
+    if mode == "drop-small" and kept < engine.per_round:
+        raise ValueError(f"plan 'drop-small': {kept} of {len(planner.all_ids)} clients can afford the full configuration, "
+                         f"fewer than the {engine.per_round} clients per round the compared methods train; raise "
+                         "data.num_clients, lower clients.clients_per_round, or use plan 'drop-small-fraction' (fewer "
+                         "clients per round: a baseline that also trains less)")  # fmt: skip
     engine.data.clients = {cid: engine.data.clients[cid] for cid in planner.ids}
-    per = cfg.clients.clients_per_round
-    engine.per_round = clients_per_round(min(per, len(planner.ids)) if isinstance(per, int) else per, len(planner.ids))
+    if mode == "drop-small-fraction":
+        per = cfg.clients.clients_per_round
+        engine.per_round = clients_per_round(min(per, kept) if isinstance(per, int) else per, kept)
     engine.planner = planner
-    engine.progress.message(f"plan {mode}: {len(planner.ids)} of {len(planner.all_ids)} clients take part")
+    engine.progress.message(f"plan {mode}: {kept} of {len(planner.all_ids)} clients take part, {engine.per_round} per round")
     return planner

@@ -46,6 +46,9 @@ class Comparison:
     seeds_for_2pt: int | None = None  # paired seeds for a 95% half-width of TARGET_HALF_WIDTH at this spread
 
 
+REFERENCE_PLANS = ("no-train", "centralized")
+"""Baselines whose cells do not depend on the resource distribution (no client ranks), run under one."""
+
 TARGET_HALF_WIDTH = 0.02
 """The interval half-width the evidence benches aim for: two points of accuracy or Rouge-L."""
 
@@ -81,10 +84,15 @@ def compare(rows: Sequence[CellRow], method: str, baselines: Sequence[str], metr
     for r in rows:
         dists_of.setdefault(r.method, set()).add(r.distribution)
 
+    references = {r.method for r in rows if r.plan in REFERENCE_PLANS}
+
     def baseline_row(base: str, dist: str, seed: int) -> CellRow | None:
-        """The baseline's cell of this distribution, or of its only one (a reference such as no-train)."""
+        """The baseline's cell of this distribution; a reference that does not depend on the distribution
+        (the untrained model, the pooled data) pairs from its only one. Every other baseline (local-only
+        training, whose ranks are the distribution's) pairs only with its own distribution's cells."""
         only = dists_of.get(base, set())
-        return by_key.get((base, dist, seed)) or (by_key.get((base, next(iter(only)), seed)) if len(only) == 1 else None)
+        shared = base in references and len(only) == 1
+        return by_key.get((base, dist, seed)) or (by_key.get((base, next(iter(only)), seed)) if shared else None)
 
     out = []
     for dist in dict.fromkeys(r.distribution for r in rows if r.method == method):

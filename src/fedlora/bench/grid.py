@@ -262,6 +262,32 @@ def _cell_errors(problems: dict, num_cells: int) -> list[str]:
     return out
 
 
+def _missing_levels(cells: Sequence[Cell]) -> list[str]:
+    """One error per distribution whose drawn ranks leave out a rank level (levels are assigned by quota,
+    so the counts per level do not depend on the seed; its first cell is checked).
+
+    A bucket-effect comparison needs the largest rank in the federation: with few clients a skewed
+    distribution's quota (heavy-tail-light over 8 clients: seven at the smallest level) can leave a
+    level out, and then "the maximum rank" is not the one the bench declares."""
+    from fedlora.config import resolved_allocation
+    from fedlora.engine.plans import client_ranks
+
+    errors, seen = [], set()
+    for cell in cells:
+        cfg = cell.config
+        key = cell.distribution.name
+        if key in seen or cfg.clients.ranks or resolved_allocation(cfg) == "fedpilot":
+            continue
+        seen.add(key)
+        missing = sorted(set(cfg.clients.rank_levels) - set(client_ranks(cfg)))
+        if missing:
+            errors.append(f"distributions.{key}: {cfg.clients.rank_distribution!r} over "
+                          f"{cfg.data.num_clients} clients gives no client rank {missing} of clients.rank_levels "
+                          f"{list(cfg.clients.rank_levels)}; every level must take part: raise data.num_clients or drop "
+                          "those levels")  # fmt: skip
+    return errors
+
+
 def _claim(raw: Any, methods: list[Variant], errors: list[str]) -> Claim | None:
     if raw is None:
         return None
@@ -310,6 +336,7 @@ def parse_bench(raw: Mapping[str, Any], *, path: Path | None = None, overrides: 
     errors.extend(_cell_errors(problems, len(cells)))
     if not errors:
         cells = [_cell(m, d, s, base, overrides, problems) for d in dists for m in methods if _runs_under(m, d) for s in seeds]
+        errors.extend(_missing_levels([c for c in cells if c is not None]))
     if errors:
         raise BenchError(errors, str(path) if path else "bench file")
     quick = (path.parent / str(b["quick"])) if b.get("quick") and path else (path.with_name(f"{path.stem}_quick.toml") if path else None)

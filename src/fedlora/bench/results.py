@@ -36,6 +36,7 @@ class CellRow:
     clients: int
     rounds: int
     records: list[dict] = field(default_factory=list, repr=False)
+    plan: str | None = None  # the bench-side plan (fedlora.bench.baselines.PLAN_MODES), None for a method's own
 
 
 @dataclass
@@ -97,7 +98,7 @@ def collect(out_dir: str | Path, cell_ids: Sequence[str] | None = None) -> list[
             continue
         rows.append(CellRow(r["cell"], r["method"], r["distribution"], int(r["seed"]), r["final"], int(r["bytes_up"]),
                             int(r["bytes_down"]), float(r["seconds"] or 0.0), int(r["clients"]), int(r["rounds"]),
-                            records))  # fmt: skip
+                            records, r.get("plan")))  # fmt: skip
     return rows
 
 

@@ -266,7 +266,7 @@ class Engine:
                 self._evaluate(0)
             for server_round in range(first, rounds + 1 if stop_after != 0 else first):
                 self._async_round(server_round) if self.async_state is not None else self._round(server_round)
-                if _due(server_round, self.cfg.run.eval_every, rounds):
+                if _due(server_round, self.cfg.run.eval_every, rounds) or server_round > rounds - self.cfg.run.eval_last:
                     self._evaluate(server_round)
                 if _due(server_round, self.cfg.run.checkpoint_every, rounds):
                     self._checkpoint(server_round)

@@ -1,8 +1,11 @@
 """Text metrics: Rouge-L F1 and the classification accuracy rule.
 
-Rouge-L is ``rouge_score``'s ``RougeScorer(["rougeL"], use_stemmer=True)`` F-measure (the metric
-of FlexLoRA and most federated instruction-tuning papers). Its tokenizer lowercases and keeps
-``[a-z0-9]`` runs, so punctuation and case do not count; two texts without any such token score 0.
+Rouge-L is ``rouge_score``'s ``RougeScorer(["rougeL"])`` F-measure (the metric of FlexLoRA and
+most federated instruction-tuning papers) over :class:`fedlora.eval.rouge_tokenize.MultilingualTokenizer`
+tokens: on ASCII text exactly ``rouge_score``'s default (lowercased, Porter-stemmed ``[a-z0-9]`` runs),
+and on other scripts Unicode words (character tokens for Chinese, Japanese, Thai), where the default
+tokenizer finds no token and scores every answer 0. Results written before this tokenizer (fedlora
+results files without ``rouge_tokenizer``) used the default one; ``ROUGE_TOKENIZER`` names this one.
 
 Accuracy rule (classification examples, ``Example.choices`` set): the generated answer and the
 choices are normalised (lowercase, punctuation -> space, whitespace collapsed). The predicted
@@ -21,7 +24,10 @@ import string
 from functools import lru_cache
 from typing import Sequence
 
-__all__ = ["rouge_l", "normalize_answer", "predicted_choice", "is_correct"]
+__all__ = ["rouge_l", "normalize_answer", "predicted_choice", "is_correct", "ROUGE_TOKENIZER"]
+
+ROUGE_TOKENIZER = "multilingual-v1"
+"""The tokenizer behind ``rouge_l``, recorded with every evaluation (``rouge_score``'s default was ``latin-only``)."""
 
 _PUNCT = re.compile("[" + re.escape(string.punctuation) + "]")
 
@@ -30,11 +36,13 @@ _PUNCT = re.compile("[" + re.escape(string.punctuation) + "]")
 def _scorer():
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    from fedlora.eval.rouge_tokenize import MultilingualTokenizer
+
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=MultilingualTokenizer(use_stemmer=True))
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """Rouge-L F1 of ``prediction`` against ``reference`` (stemmed, case-insensitive), in [0, 1]."""
+    """Rouge-L F1 of ``prediction`` against ``reference`` (stemmed, case-insensitive, any script), in [0, 1]."""
     return float(_scorer().score(reference, prediction)["rougeL"].fmeasure)
 
 

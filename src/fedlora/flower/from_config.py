@@ -126,6 +126,9 @@ def _client_of(node_config: Mapping[str, Any], ids: tuple[str, ...], num_clients
 def recipes_from_fedlora_config(run_config: Mapping[str, Any]) -> tuple[ServerRecipe, NodeRecipe]:
     """Both recipes of the fedlora config in ``run_config`` (see the module docstring)."""
     cfg = config_from_run_config(run_config)
+    if cfg.run.eval_last:
+        raise ValueError(f"run.eval_last = {cfg.run.eval_last} is an option of the in-process engine (bench endpoints); "
+                         "a Flower run evaluates every run.eval_every rounds: set run.eval_last = 0 and choose run.eval_every")
     plans_from = str(run_config.get("plans-from", "config"))
     if plans_from not in PLANS_FROM:
         raise ValueError(f"plans-from = {plans_from!r} must be one of {PLANS_FROM}")
