@@ -516,3 +516,50 @@ def test_a_distribution_without_every_rank_level_is_refused(tmp_path):
     with pytest.raises(BenchError, match=r"distributions.light: 'heavy-tail-light' over 3 clients gives no client rank \[4\]"):
         load_bench(_write(tmp_path, text))
     assert load_bench(_write(tmp_path, RANK_BENCH)).cells  # over 4 clients: three at rank 2, one at rank 4
+
+
+CLAIMS_BENCH = RANK_BENCH.replace("seeds = [0]", "seeds = [0, 1]").replace("[base.run]\nrounds = 2", "[base.run]\nrounds = 2\neval_last = 2") + """
+[methods.fedit-min]
+strategy.name = "fedit"
+clients.allocation = "uniform"
+[claims.tiny]
+text = "FlexLoRA beats FedIT at the minimum rank."
+method = "flexlora"
+family = ["fedit-min"]
+distributions = ["uniform"]
+endpoint = "heldout/accuracy"
+last_rounds = 2
+looks = [2]
+exploratory = ["fedit-max-drop"]
+"""
+
+
+def test_a_claim_whose_endpoint_rounds_are_not_evaluated_is_refused(tmp_path):
+    with pytest.raises(BenchError, match=r"claims.tiny: its endpoint averages rounds \[1, 2\].*set run.eval_last = 2"):
+        load_bench(_write(tmp_path, CLAIMS_BENCH.replace("eval_last = 2", "eval_every = 0")))
+
+
+@pytest.mark.integration
+def test_preregistered_claims_are_written_analysed_and_drawn(tmp_path, capsys):
+    path = _write(tmp_path, CLAIMS_BENCH)
+    bench = load_bench(path)
+    publish = tmp_path / "published"
+    assert bench_main([str(path), "--preregister", "--publish", str(publish)]) == 0
+    prereg = json.loads((publish / "preregistration.json").read_text())
+    assert prereg["design"]["claims"][0]["family"] == ["fedit-min"] and len(prereg["design_sha256"]) == 64
+    only = lambda c: c.distribution.name == "uniform"  # noqa: E731
+    run_grid(bench, tmp_path / "out", verbose=False, log=lambda s: None, publish=publish, only=only)
+    rows = json.loads((publish / "comparisons.json").read_text())
+    primary = [r for r in rows if r["family"] == "tiny"]
+    assert len(primary) == 1 and primary[0]["seeds"] == 2 and primary[0]["adjusted_p"] is not None
+    assert primary[0]["verdict"] in ("better", "worse", "equivalent within δ", "no difference detected")
+    assert {r["baseline"] for r in rows if r["exploratory"]} >= {"fedit-max-drop"}
+    (status,) = json.loads((publish / "verdicts.json").read_text())
+    assert status["claim"] == "tiny" and status["status"] in ("decided", "cap reached") and status["looks_done"] == [2]
+    # the design is locked once cells have finished: a change is a new experiment
+    changed = _write(tmp_path, CLAIMS_BENCH.replace("looks = [2]", "looks = [2]\ndelta = 0.05"))
+    assert bench_main([str(changed), "--preregister", "--publish", str(publish)]) == 2
+    assert "new experiment" in capsys.readouterr().err
+    doc = write_results_doc([publish], tmp_path / "docs" / "results.md").read_text()
+    assert "### Claim `tiny` (pre-registered)" in doc and "forest_tiny.png" in doc
+    assert (tmp_path / "docs" / "results" / "tiny" / "plots" / "forest_tiny.png").read_bytes()[:4] == b"\x89PNG"

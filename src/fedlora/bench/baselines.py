@@ -36,13 +36,16 @@ from fedlora.allocation.plan import ClientPlan
 from fedlora.allocation.planner import plan_flexlora, plans_from_selections
 from fedlora.modelspec import ModelSpec
 
-__all__ = ["PLAN_MODES", "full_lora_fits", "select_last_layers", "select_random_modules", "drop_small_by_rank",
+__all__ = ["PLAN_MODES", "REFERENCE_PLANS", "full_lora_fits", "select_last_layers", "select_random_modules", "drop_small_by_rank",
            "drop_small_by_budget", "BaselinePlanner", "PooledPlanner", "install_plan_mode"]  # fmt: skip
 
 PLAN_MODES = ("drop-small", "last-layers", "random-modules", "drop-small-fraction", "centralized", "no-train")
 """Bench-side allocations. ``centralized`` and ``no-train`` are the reference points of every comparison:
 all clients' data pooled on one client at the largest rank with the federation's total local steps (the
 ceiling), and the untrained base model (round 0 only)."""
+
+REFERENCE_PLANS = ("no-train", "centralized")
+"""Plans whose cells do not depend on the resource distribution (no client ranks): run under one, they pair with every one."""
 
 _KIND_ORDER = {"q_proj": 0, "k_proj": 1, "v_proj": 2, "o_proj": 3, "gate_proj": 4, "up_proj": 5, "down_proj": 6}
 

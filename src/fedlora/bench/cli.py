@@ -1,7 +1,7 @@
 """``fedlora bench``: run methods side by side over a grid, then tables and plots.
 
     fedlora bench BENCH.toml [--quick] [--out DIR] [--resume] [--set KEY=VALUE ...] [--seeds 0,1,2] [--only TEXT ...]
-                             [--list] [--report] [--max-cells N] [--quiet] [--threads N]
+                             [--list] [--report] [--max-cells N] [--quiet] [--threads N] [--preregister]
     fedlora bench doc OUT_DIR [OUT_DIR ...] [--doc docs/results.md] [--assets docs/results] [--intro TEXT | --intro-file FILE]
 
 Without ``--resume`` an output folder that already holds started cells is refused; with it, done
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cells", type=int, help="stop after running this many cells")
     p.add_argument("--publish", help="publish each finished cell to this folder (e.g. docs/results/<bench>): "
                    "cells/<cell>.json, bench.json and comparisons.json; cells published there count as done")
+    p.add_argument("--preregister", action="store_true", help="write the pre-registration of the bench's [claims] "
+                   "(preregistration.json: the design, its hash, the git commit) into --publish (else --out) and run nothing; "
+                   "commit it before the first cell")
     p.add_argument("--quiet", action="store_true", help="no per-round lines")
     p.add_argument("--threads", type=int, help="torch CPU threads of every cell (same as --set run.threads=N; on a shared "
                    "machine 1 avoids OpenMP oversubscription, which slowed a LoRA step down 20x here)")  # fmt: skip
@@ -84,6 +87,7 @@ def _list(bench, out_dir: Path) -> int:
     eta = ("no finished cell to estimate the time from" if left is None else
            f"about {left / 3600:.1f} h in one process, at the mean wall time of finished cells of the same method")
     print(f"{done} of {len(bench.cells)} cells done; {len(pending)} left" + (f": {eta}" if pending else ""))
+    _print_claims(bench, out_dir)
     return 0
 
 
@@ -112,6 +116,7 @@ def _doc(argv: Sequence[str]) -> int:
 
 def _run(args: argparse.Namespace, bench, out_dir: Path, argv: Sequence[str]) -> int:
     """Run the grid; the number of failed cells, or a negative exit status when it could not run."""
+    from fedlora.bench.design import PreregistrationError
     from fedlora.bench.runner import run_grid
 
     only = (lambda c: any(t in c.id for t in args.only)) if args.only else None
@@ -119,7 +124,7 @@ def _run(args: argparse.Namespace, bench, out_dir: Path, argv: Sequence[str]) ->
     try:
         report = run_grid(bench, out_dir, resume=args.resume, only=only, verbose=not args.quiet, command=command,
                           max_cells=args.max_cells, publish=args.publish)  # fmt: skip
-    except FileExistsError as err:
+    except (FileExistsError, PreregistrationError) as err:
         print(f"fedlora bench: {err}", file=sys.stderr)
         return -EXIT_USAGE
     except KeyboardInterrupt:
@@ -146,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fedlora bench: {err}", file=sys.stderr)
         return EXIT_USAGE
     out_dir = Path(args.out) if args.out else Path("runs") / "bench" / bench.name
+    if args.preregister:
+        return _preregister(bench, Path(args.publish) if args.publish else out_dir)
     if args.list:
         return _list(bench, out_dir)
     failed = 0
@@ -157,6 +164,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             return -failed
     paths = write_report(bench, out_dir)
     print(f"results: {paths['markdown']} ({paths['cells_csv'].name}, {paths['summary_csv'].name}); plots in {out_dir / 'plots'}")
+    _print_claims(bench, Path(args.publish) if args.publish else out_dir)
     if failed:
         print(f"fedlora bench: {failed} cell(s) failed; see cell_error.log in their folders", file=sys.stderr)
     return EXIT_FAILED if failed else 0
+
+
+def _print_claims(bench, folder: Path) -> None:
+    from fedlora.bench.runner import claim_status_lines
+
+    for line in claim_status_lines(bench, folder):
+        print(line)
+
+
+def _preregister(bench, folder: Path) -> int:
+    from fedlora.bench.design import PreregistrationError
+    from fedlora.bench.runner import preregister
+
+    if not bench.claims:
+        print(f"fedlora bench: {bench.path} declares no [claims.<name>] table; nothing to pre-register", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        path = preregister(bench, folder)
+    except PreregistrationError as err:
+        print(f"fedlora bench: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"pre-registered {len(bench.claims)} claim(s) of {bench.name} in {path}; commit it before the first cell runs")
+    return 0

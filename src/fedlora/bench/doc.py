@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Sequence
 
 from fedlora.bench.plots import plot_bench
-from fedlora.bench.results import CellRow, aggregate, collect, markdown_tables
+from fedlora.bench.baselines import REFERENCE_PLANS
+from fedlora.bench.design import ClaimSpec, ClaimStatus, ComparisonResult, analyse_claim
+from fedlora.bench.results import CellRow, aggregate, collect, lower_is_better, markdown_tables
 
 __all__ = ["Comparison", "lower_is_better", "eval_size", "compare", "comparisons_json", "claim_section", "bench_section",
+           "claim_specs", "claim_statuses", "preregistered_section",
            "write_results_doc"]
 
 
@@ -38,7 +41,7 @@ class Comparison:
     diff: float
     relative: float | None
     stderr: float | None
-    verdict: str  # better | worse | no difference detected | one seed
+    verdict: str  # better | worse | equivalent within δ | no difference detected | one seed
     seeds: int = 1
     ci_low: float | None = None
     ci_high: float | None = None
@@ -46,16 +49,8 @@ class Comparison:
     seeds_for_2pt: int | None = None  # paired seeds for a 95% half-width of TARGET_HALF_WIDTH at this spread
 
 
-REFERENCE_PLANS = ("no-train", "centralized")
-"""Baselines whose cells do not depend on the resource distribution (no client ranks), run under one."""
-
 TARGET_HALF_WIDTH = 0.02
 """The interval half-width the evidence benches aim for: two points of accuracy or Rouge-L."""
-
-
-def lower_is_better(metric: str) -> bool:
-    """Losses improve downwards; every other metric (Rouge-L, accuracy) upwards."""
-    return metric.rsplit("/", 1)[-1].endswith("loss")
 
 
 def eval_size(row: CellRow, metric: str) -> int | None:
@@ -76,7 +71,7 @@ def compare(rows: Sequence[CellRow], method: str, baselines: Sequence[str], metr
     """``method`` against each baseline per distribution, paired by seed (same data split, same evaluation
     examples): the mean paired difference, signed so that > 0 means ``method`` is better, with a 95%
     Student-t interval and a verdict (:func:`fedlora.eval.stats.paired_comparison`)."""
-    from fedlora.eval.stats import paired_comparison, seeds_for_half_width
+    from fedlora.eval.stats import paired_comparison, seeds_for_half_width, tost_pvalue
 
     sign = -1.0 if lower_is_better(metric) else 1.0
     by_key = {(r.method, r.distribution, r.seed): r for r in rows}
@@ -112,24 +107,65 @@ def compare(rows: Sequence[CellRow], method: str, baselines: Sequence[str], metr
                 continue
             pc = paired_comparison(diffs, [0.0] * len(diffs))
             needed = seeds_for_half_width(pc.se * math.sqrt(pc.n), TARGET_HALF_WIDTH)
-            out.append(Comparison(dist, base, diff, rel, pc.se, pc.verdict, pc.n, pc.ci_low, pc.ci_high, n_eval, needed))
+            verdict = pc.verdict
+            if not lower_is_better(metric) and tost_pvalue(diffs, TARGET_HALF_WIDTH) <= 0.05:
+                verdict = "equivalent within δ"  # the 90% interval lies inside ±0.02 (TOST at 5%)
+            out.append(Comparison(dist, base, diff, rel, pc.se, verdict, pc.n, pc.ci_low, pc.ci_high, n_eval, needed))
+    return out
+
+
+def claim_specs(info: dict) -> list[ClaimSpec]:
+    """The pre-registered claims recorded in a ``bench.json``."""
+    return [ClaimSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()}) for c in info.get("claims") or []]
+
+
+def claim_statuses(info: dict, rows: Sequence[CellRow]) -> list[ClaimStatus]:
+    """Each pre-registered claim's sequential verdicts (:func:`fedlora.bench.design.analyse_claim`)."""
+    return [analyse_claim(c, rows, info["seeds"]) for c in claim_specs(info)]
+
+
+def _adjusted_p(c: ComparisonResult) -> float | None:
+    """The adjusted p-value behind the verdict: of the difference (better/worse), of equivalence, else the smaller."""
+    if c.adjusted_p_difference is None:
+        return None
+    if c.verdict in ("better", "worse"):
+        return c.adjusted_p_difference
+    if c.verdict == "equivalent within δ":
+        return c.adjusted_p_equivalence
+    return min(c.adjusted_p_difference, c.adjusted_p_equivalence)
+
+
+def _claim_rows(info: dict, rows: Sequence[CellRow]) -> list[dict]:
+    out = []
+    for spec, status in zip(claim_specs(info), claim_statuses(info, rows)):
+        for c in (*status.comparisons, *status.exploratory):
+            out.append({"claim": spec.text, "family": None if c.exploratory else spec.name, "exploratory": c.exploratory,
+                        "method": spec.method, "baseline": c.baseline, "distribution": c.distribution, "metric": spec.endpoint,
+                        "last_rounds": spec.last_rounds, "seeds": c.seeds, "diff": c.diff, "ci_low": c.ci_low, "ci_high": c.ci_high,
+                        "confidence": c.confidence, "p_difference": c.p_difference, "p_equivalence": c.p_equivalence,
+                        "adjusted_p": _adjusted_p(c), "adjusted_p_difference": c.adjusted_p_difference,
+                        "adjusted_p_equivalence": c.adjusted_p_equivalence, "alpha_look": c.alpha_look, "look": c.look,
+                        "delta": spec.delta, "verdict": c.verdict, "primary": not c.exploratory, "claim_status": status.status,
+                        "lower_is_better": lower_is_better(spec.endpoint)})  # fmt: skip
     return out
 
 
 def comparisons_json(info: dict, rows: Sequence[CellRow]) -> list[dict]:
-    """Every comparison of the bench's claim (method vs each baseline, per distribution, on the primary
-    metric and every other non-training metric), as the objects of ``comparisons.json``."""
+    """Every comparison of the bench, as the objects of ``comparisons.json``: the pre-registered claims'
+    primary families (``family`` set, Holm-adjusted ``adjusted_p``) and their exploratory comparisons, then
+    the ``[bench.claim]`` comparisons (method vs each baseline, per distribution, on the primary metric and
+    every other non-training metric), which are all exploratory: declared without a family, unadjusted."""
+    out = _claim_rows(info, rows)
     claim = info.get("claim")
     if not claim:
-        return []
+        return out
     metrics = [info["primary_metric"]] + [m for m in info["metrics"] if m != info["primary_metric"] and not m.startswith("train/")]
-    out = []
     for metric in metrics:
         for c in compare(rows, claim["method"], claim["baselines"], metric):
             out.append({"claim": claim["text"], "method": claim["method"], "baseline": c.baseline, "distribution": c.distribution,
                         "metric": metric, "seeds": c.seeds, "n_eval": c.n_eval, "diff": c.diff, "ci_low": c.ci_low,
                         "ci_high": c.ci_high, "verdict": c.verdict, "seeds_for_2pt": c.seeds_for_2pt,
-                        "primary": metric == info["primary_metric"],
+                        "primary": metric == info["primary_metric"], "family": None, "exploratory": True, "adjusted_p": None,
                         "lower_is_better": lower_is_better(metric)})  # fmt: skip
     return out
 
@@ -141,7 +177,10 @@ def claim_section(info: dict, rows: Sequence[CellRow], labels: dict[str, str]) -
     comps = compare(rows, claim["method"], claim["baselines"], metric)
     name = labels.get(claim["method"], claim["method"])
     better = "lower is better" if lower_is_better(metric) else "higher is better"
-    lines = [f"**Claim.** {claim['text']}", "", f"**{name} against each baseline** on `{metric}` ({better}; a positive "
+    lines = [f"**Claim (exploratory).** {claim['text']}", "",
+             "*Exploratory*: these comparisons were not pre-registered as a family with a stopping rule, so their "
+             "unadjusted 95% intervals control no family-wise error; read them as leads, not verdicts.", "",
+             f"**{name} against each baseline** on `{metric}` ({better}; a positive "
              "difference means the claimed method is better; mean of the differences paired by seed):", "",
              "| distribution | baseline | seeds | eval examples | difference | relative | 95% CI | verdict | seeds for ±0.02 |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -151,13 +190,56 @@ def claim_section(info: dict, rows: Sequence[CellRow], labels: dict[str, str]) -
         need = "-" if c.ci_low is None else (str(c.seeds_for_2pt) if c.seeds_for_2pt else "> 100000")
         lines.append(f"| {c.distribution} | {labels.get(c.baseline, c.baseline)} | {c.seeds} | {c.n_eval or '-'} | {c.diff:+.4f} | {rel} | "
                      f"{ci} | {c.verdict} | {need} |")
-    counts = {v: sum(c.verdict == v for c in comps) for v in ("better", "no difference detected", "worse", "one seed")}
+    counts = {v: sum(c.verdict == v for c in comps) for v in ("better", "no difference detected", "worse", "one seed", "equivalent within δ")}
     lines += ["", "**Reading.** " + _verdict_text(name, counts, comps), ""]
     if any(c.ci_low is not None for c in comps):
         lines += ["*Seeds for ±0.02*: the paired seeds a 95% interval of half-width 0.02 would need at the spread of the "
                   "paired differences measured so far (a planning figure; the spread itself is estimated from these seeds).", ""]
     lines += _other_metrics(info, rows, name)
     return "\n".join(lines)
+
+
+def _fmt_p(p: float | None) -> str:
+    return "-" if p is None else (f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}")
+
+
+def preregistered_section(info: dict, rows: Sequence[CellRow], labels: dict[str, str], plot_dir: Path,
+                          rel: Any = str) -> str:  # fmt: skip
+    """Markdown of each pre-registered claim: status, the primary family's verdicts (Holm, sequential), the
+    exploratory comparisons, and a forest plot written to ``plot_dir`` (linked through ``rel``)."""
+    from fedlora.bench.plots import plot_forest
+
+    parts = []
+    for spec, st in zip(claim_specs(info), claim_statuses(info, rows)):
+        name = labels.get(spec.method, spec.method)
+        rounds = "the last round" if spec.last_rounds == 1 else f"the mean of the last {spec.last_rounds} rounds"
+        looks = ", ".join(map(str, spec.looks))
+        status = {"decided": "**decided**: every primary comparison has a verdict",
+                  "cap reached": f"**cap reached** ({spec.cap} seeds) with comparisons undecided; widest adjusted half-width "
+                                 f"{st.half_width:.4f}" if st.half_width is not None else "**cap reached**",
+                  "continue": f"**continue**: {st.looks_done[-1] if st.looks_done else 0} seeds analysed, next look at {st.next_look} seeds",
+                  "waiting": f"**waiting** for the first look ({spec.looks[0]} paired seeds of every primary comparison)"}[st.status]  # fmt: skip
+        lines = [f"### Claim `{spec.name}` (pre-registered)", "", spec.text, "",
+                 f"- Primary endpoint: `{spec.endpoint}`, {rounds}; {name} against {', '.join(labels.get(b, b) for b in spec.family)} "
+                 f"under {', '.join(spec.distributions)} ({len(spec.family) * len(spec.distributions)} comparisons, one family).",
+                 f"- Error control: family-wise α = {spec.alpha} over all looks (looks at {looks} seeds, {spec.spending} alpha "
+                 f"spending, Holm at each look over the difference and equivalence tests); equivalence margin δ = {spec.delta}.",
+                 f"- Status: {status}.", ""]  # fmt: skip
+        if st.comparisons or st.exploratory:
+            lines += ["| comparison | family | seeds | difference | interval | adjusted p | verdict |", "|---|---|---|---|---|---|---|"]
+            for c in (*st.comparisons, *st.exploratory):
+                kind = "exploratory" if c.exploratory else spec.name
+                ci = f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}] ({100 * c.confidence:.2f}%)"
+                lines.append(f"| {labels.get(c.baseline, c.baseline)} @ {c.distribution} | {kind} | {c.seeds} | {c.diff:+.4f} | {ci} | "
+                             f"{_fmt_p(_adjusted_p(c)) if not c.exploratory else 'unadjusted ' + _fmt_p(min(c.p_difference, c.p_equivalence))} | "
+                             f"{c.verdict} |")  # fmt: skip
+            lines += ["", "A positive difference means the claimed method is better. Primary intervals are Bonferroni intervals "
+                      "at the look's level (simultaneous over the family); exploratory ones are plain 95% intervals and decide nothing.", ""]
+            path = plot_forest([*st.comparisons, *st.exploratory], spec.delta, f"claim {spec.name}: {spec.endpoint}, {rounds}",
+                               labels, plot_dir / f"forest_{spec.name}.png")  # fmt: skip
+            lines += [f"![forest_{spec.name}]({rel(path)})", ""]
+        parts.append("\n".join(lines))
+    return "\n".join(parts)
 
 
 def _other_metrics(info: dict, rows: Sequence[CellRow], name: str) -> list[str]:
@@ -275,6 +357,7 @@ def bench_section(out_dir: str | Path, assets: Path, doc_dir: Path) -> str:
              + " (`+dirty`: run on uncommitted changes of that commit)",
              f"- Cells finished: {len(rows)} of {len(info['cells'])}; seeds {info['seeds']}",
              f"- Settings: {_settings(info.get('base_config', {}))}", "",
+             preregistered_section(info, rows, labels, target, rel), "",
              "### Mean ± std over seeds", "", summary, "", claim_section(info, rows, labels), ""]  # fmt: skip
     if not info.get("claim"):
         parts += ["### Per task (last evaluation; ± standard error over the eval examples)", "", task_table(rows, labels), ""]

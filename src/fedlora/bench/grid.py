@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fedlora.bench.baselines import PLAN_MODES
+from fedlora.bench.design import ClaimSpec, evaluated_rounds, parse_claims
 from fedlora.config import SECTIONS, Config, ConfigError, apply_overrides, parse_config
 
 __all__ = ["BenchError", "Variant", "Claim", "Cell", "Bench", "load_bench", "parse_bench", "deep_merge", "METRIC_SPLITS"]
@@ -60,7 +61,7 @@ METRIC_SPLITS = ("eval", "heldout", "train")
 _BENCH_KEYS = ("name", "description", "seeds", "metrics", "primary_metric", "base", "extends", "quick", "methods",
                "distributions", "claim")  # fmt: skip
 _VARIANT_KEYS = ("label", "description", "plan", "distributions")
-_TOP_KEYS = ("bench", "base", "methods", "distributions")
+_TOP_KEYS = ("bench", "base", "methods", "distributions", "claims")
 
 
 class BenchError(ValueError):
@@ -124,6 +125,9 @@ class Bench:
     cells: tuple[Cell, ...]
     claim: Claim | None = None
     quick_path: Path | None = None
+    claims: tuple[ClaimSpec, ...] = ()  # pre-registered claims (fedlora.bench.design)
+    base: dict = field(default_factory=dict)  # the [base] run config every cell starts from
+    overrides: tuple[str, ...] = ()  # --set overrides applied to every cell
 
     def method(self, name: str) -> Variant:
         return next(m for m in self.methods if m.name == name)
@@ -288,6 +292,22 @@ def _missing_levels(cells: Sequence[Cell]) -> list[str]:
     return errors
 
 
+def _endpoint_rounds(claims: Sequence[ClaimSpec], cells: Sequence[Cell]) -> list[str]:
+    """One error per (claim, method) whose cells do not evaluate each of the last ``last_rounds`` rounds."""
+    errors = []
+    for claim in claims:
+        names = {claim.method, *claim.family, *claim.exploratory}
+        for cell in cells:
+            run = cell.config.run
+            if cell.method.name not in names or cell.method.plan == "no-train" or cell.distribution.name not in claim.distributions:
+                continue
+            last = list(range(run.rounds - claim.last_rounds + 1, run.rounds + 1))
+            if not set(last) <= set(evaluated_rounds(run.rounds, run.eval_every, run.eval_last)):
+                errors.append(f"claims.{claim.name}: its endpoint averages rounds {last}, but method {cell.method.name} does not "
+                              f"evaluate all of them; set run.eval_last = {claim.last_rounds} in [base.run]")  # fmt: skip
+    return list(dict.fromkeys(errors))
+
+
 def _claim(raw: Any, methods: list[Variant], errors: list[str]) -> Claim | None:
     if raw is None:
         return None
@@ -325,6 +345,7 @@ def parse_bench(raw: Mapping[str, Any], *, path: Path | None = None, overrides: 
     methods = _select(_variants(raw.get("methods"), "methods", errors), b.get("methods"), "methods", errors)
     dists = _select(_variants(raw.get("distributions"), "distributions", errors), b.get("distributions"), "distributions", errors)
     claim = _claim(b.get("claim"), methods, errors)
+    claims = parse_claims(raw.get("claims"), [m.name for m in methods], [d.name for d in dists], seeds, errors)
     base = dict(raw.get("base", {}))
     problems: dict[str, list[str]] = {}
     names = {d.name for d in dists}
@@ -337,11 +358,12 @@ def parse_bench(raw: Mapping[str, Any], *, path: Path | None = None, overrides: 
     if not errors:
         cells = [_cell(m, d, s, base, overrides, problems) for d in dists for m in methods if _runs_under(m, d) for s in seeds]
         errors.extend(_missing_levels([c for c in cells if c is not None]))
+        errors.extend(_endpoint_rounds(claims, [c for c in cells if c is not None]))
     if errors:
         raise BenchError(errors, str(path) if path else "bench file")
     quick = (path.parent / str(b["quick"])) if b.get("quick") and path else (path.with_name(f"{path.stem}_quick.toml") if path else None)
     return Bench(name, path, str(b.get("description", "")), tuple(seeds), tuple(metrics), primary, tuple(methods),
-                 tuple(dists), tuple(c for c in cells if c is not None), claim, quick)  # fmt: skip
+                 tuple(dists), tuple(c for c in cells if c is not None), claim, quick, claims, base, tuple(overrides))  # fmt: skip
 
 
 def load_bench(path: str | Path, *, quick: bool = False, overrides: Sequence[str] = (), seeds: Sequence[int] | None = None) -> Bench:

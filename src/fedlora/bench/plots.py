@@ -8,7 +8,11 @@
   differences stay visible), error bars = 95% interval of the mean over seeds;
 * ``communication.png``: bytes up and down per round per method (mean over the method's cells), from
   the engine's metrics log;
-* ``wall_time.png``: wall time per method and distribution, error bars = 95% interval over seeds.
+* ``wall_time.png``: wall time per method and distribution, error bars = 95% interval over seeds;
+* ``forest_<claim>.png`` (:func:`plot_forest`, benches with pre-registered claims): each comparison's
+  paired difference with its adjusted interval, zero and the ±δ equivalence band. Unlike
+  ``final_metric.png`` (unpaired intervals per method, which overlap even where the paired
+  difference is decided), this is the picture of the verdicts.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, Sequence
 
 from fedlora.bench.results import Aggregate, CellRow, metric_series, traffic_series
 
-__all__ = ["plot_bench", "PLOT_FILES"]
+__all__ = ["plot_bench", "plot_forest", "PLOT_FILES"]
 
 PLOT_FILES = ("metric_per_round.png", "train_loss_per_round.png", "final_metric.png", "communication.png", "wall_time.png")
 _DPI = 90
@@ -164,6 +168,27 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=_DPI, bbox_inches="tight")  # keeps legends placed outside the axes
     plt.close(fig)
     return path
+
+
+def plot_forest(comparisons: Sequence[Any], delta: float, title: str, labels: dict[str, str], path: Path) -> Path:
+    """Forest plot of a claim: one row per comparison (baseline @ distribution), the paired mean difference
+    with its displayed interval (primary: Bonferroni-adjusted at the look; exploratory: 95%, grey), the
+    zero line and the ``±delta`` equivalence band. ``comparisons``: :class:`fedlora.bench.design.ComparisonResult`."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(comparisons) + 1.4))
+    ax.axvspan(-delta, delta, color="tab:green", alpha=0.12, label=f"±δ = ±{delta:g} (equivalence)")
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    for i, c in enumerate(comparisons):
+        y = len(comparisons) - 1 - i
+        color = "grey" if c.exploratory else "tab:blue"
+        ax.errorbar(c.diff, y, xerr=[[c.diff - c.ci_low], [c.ci_high - c.diff]], fmt="o", color=color, capsize=3)
+    names = [f"{labels.get(c.baseline, c.baseline)} @ {c.distribution}{' (exploratory)' if c.exploratory else ''}: {c.verdict}"
+             for c in comparisons]  # fmt: skip
+    ax.set_yticks(range(len(comparisons)), list(reversed(names)))
+    ax.set_xlabel("paired difference, method − baseline (> 0: method better)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.08), fontsize=8, frameon=False)
+    return _save(fig, path)
 
 
 def plot_bench(rows: Sequence[CellRow], aggs: Sequence[Aggregate], metric: str, out_dir: str | Path, *,

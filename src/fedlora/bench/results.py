@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["CellRow", "Aggregate", "final_metric", "metric_series", "traffic_series", "collect", "aggregate",
-           "write_tables", "markdown_tables", "fmt_mean_std", "estimate_seconds"]  # fmt: skip
+           "write_tables", "markdown_tables", "fmt_mean_std", "estimate_seconds", "lower_is_better", "endpoint_value"]  # fmt: skip
 
 
 @dataclass
@@ -71,6 +71,24 @@ def final_metric(records: Sequence[dict], metric: str) -> float | None:
     """Value of ``metric`` at the last round it was measured, or None."""
     series = metric_series(records, metric)
     return series[-1][1] if series else None
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses improve downwards; every other metric (Rouge-L, accuracy) upwards."""
+    return metric.rsplit("/", 1)[-1].endswith("loss")
+
+
+def endpoint_value(records: Sequence[dict], metric: str, last_rounds: int = 1) -> float | None:
+    """Mean of ``metric`` over the last ``last_rounds`` evaluated rounds after training (round 0, the
+    untrained model, only when nothing later was evaluated: the ``no-train`` baseline); None when
+    fewer than ``last_rounds`` such rounds were evaluated."""
+    series = metric_series(records, metric)
+    trained = [v for r, v in series if r > 0]
+    if not trained:
+        return series[-1][1] if series else None
+    if len(trained) < last_rounds:
+        return None
+    return statistics.fmean(trained[-last_rounds:])
 
 
 def traffic_series(records: Sequence[dict]) -> list[tuple[int, int, int]]:

@@ -29,11 +29,13 @@ from typing import Any, Callable, Sequence
 from fedlora.bench.grid import Bench, Cell
 
 __all__ = ["RESULT_FILE", "BENCH_FILE", "CellOutcome", "GridReport", "cell_dir", "cell_state", "run_cell", "run_grid",
-           "git_commit", "record_bench", "LineProgress", "publish_cell", "published_path", "refresh_published"]  # fmt: skip
+           "git_commit", "record_bench", "LineProgress", "publish_cell", "published_path", "refresh_published", "preregister",
+           "claim_status_lines", "VERDICTS_FILE"]  # fmt: skip
 
 RESULT_FILE = "result.json"
 BENCH_FILE = "bench.json"
 ERROR_FILE = "cell_error.log"
+VERDICTS_FILE = "verdicts.json"
 
 
 @dataclass
@@ -205,6 +207,7 @@ def record_bench(bench: Bench, out_dir: str | Path, command: str | None = None, 
         "distributions": [{"name": d.name, "label": d.label, "description": d.description} for d in bench.distributions],
         "claim": None if bench.claim is None else {"text": bench.claim.text, "method": bench.claim.method,
                                                     "baselines": list(bench.claim.baselines)},
+        "claims": [c.to_dict() for c in bench.claims],
         "cells": [c.id for c in bench.cells], "base_config": bench.cells[0].raw if bench.cells else {}, "invocations": runs,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,8 +232,9 @@ def publish_cell(path: str | Path, publish_dir: str | Path, cell_id: str) -> Pat
 
 
 def refresh_published(bench: Bench, publish_dir: str | Path) -> Path:
-    """Rewrite ``publish_dir/bench.json`` and ``comparisons.json`` from the published cells."""
-    from fedlora.bench.doc import comparisons_json
+    """Rewrite ``publish_dir/bench.json``, ``comparisons.json`` and (with pre-registered claims)
+    ``verdicts.json`` from the published cells."""
+    from fedlora.bench.doc import claim_statuses, comparisons_json
     from fedlora.bench.results import collect
 
     publish_dir = Path(publish_dir)
@@ -239,7 +243,33 @@ def refresh_published(bench: Bench, publish_dir: str | Path) -> Path:
     rows = collect(publish_dir, [c.id for c in bench.cells])
     path = publish_dir / "comparisons.json"
     _write_json(path, comparisons_json(info, rows))
+    if bench.claims:
+        _write_json(publish_dir / VERDICTS_FILE, [s.to_dict() for s in claim_statuses(info, rows)])
     return path
+
+
+def claim_status_lines(bench: Bench, folder: str | Path) -> list[str]:
+    """One line per pre-registered claim: its status from the finished cells in ``folder``."""
+    from fedlora.bench.design import analyse_claim
+    from fedlora.bench.results import collect
+
+    rows = collect(folder, [c.id for c in bench.cells])
+    return [analyse_claim(c, rows, bench.seeds).line() for c in bench.claims]
+
+
+def preregister(bench: Bench, folder: str | Path) -> Path | None:
+    """Write (or check) ``folder/preregistration.json`` for a bench with claims (:mod:`fedlora.bench.design`).
+
+    Raises:
+        PreregistrationError: the folder pre-registered another design and holds finished cells.
+    """
+    from fedlora.bench.design import check_or_write_preregistration
+
+    if not bench.claims:
+        return None
+    folder = Path(folder)
+    finished = sum(cell_state(cell_dir(folder, c)) == "done" or published_path(folder, c.id).is_file() for c in bench.cells)
+    return check_or_write_preregistration(bench, folder, git_commit(), finished)
 
 
 def run_grid(bench: Bench, out_dir: str | Path, *, resume: bool = False, only: Callable[[Cell], bool] | None = None,
@@ -264,6 +294,9 @@ def run_grid(bench: Bench, out_dir: str | Path, *, resume: bool = False, only: C
     if started and not resume:
         raise FileExistsError(f"{out_dir} already holds {len(started)} started or finished cells of this bench; pass --resume "
                               "to continue without redoing finished cells, or choose another --out")  # fmt: skip
+    for folder in (out_dir, publish):
+        if folder is not None:
+            preregister(bench, folder)
     record_bench(bench, out_dir, command)
     if publish is not None:
         record_bench(bench, publish, command)

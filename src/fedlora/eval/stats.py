@@ -9,6 +9,13 @@
   two-sided Student-t confidence interval ``mean(d) ± t_{1-a/2, n-1} s_d / sqrt(n)`` and a verdict:
   ``better`` when the interval lies above 0, ``worse`` below, ``no difference detected`` otherwise
   (for a metric where lower is better, pass ``higher_is_better=False``).
+- :func:`paired_t_pvalue` and :func:`tost_pvalue`: the two-sided paired t-test of "no difference" and
+  the two one-sided tests (TOST, Schuirmann 1987) of "the difference lies outside ±delta"; the latter
+  is rejected at level a exactly when the ``1 - 2a`` interval lies inside ``(-delta, +delta)``.
+- :func:`holm`: Holm's (1979) step-down adjusted p-values, which control the family-wise error rate.
+- :func:`alpha_spent`: a Lan-DeMets (1983) alpha-spending function: the error allowed to be spent by
+  information fraction ``t`` of a group-sequential design (Pocock-type ``a ln(1 + (e - 1) t)`` or
+  O'Brien-Fleming-type ``2 - 2 Phi(z_{1-a/2} / sqrt(t))``).
 - :func:`seeds_for_half_width`: how many paired seeds that interval needs for a given half-width,
   the smallest ``n >= 2`` with ``t_{1-a/2, n-1} s_d / sqrt(n) <= h`` (``s_d`` taken as known; a planning figure).
 """
@@ -19,7 +26,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-__all__ = ["mean_se", "ratio_se", "PairedComparison", "paired_comparison", "t_quantile", "seeds_for_half_width"]
+__all__ = ["mean_se", "ratio_se", "PairedComparison", "paired_comparison", "t_quantile", "seeds_for_half_width",
+           "paired_t_pvalue", "tost_pvalue", "holm", "alpha_spent", "SPENDING_FUNCTIONS"]
 
 VERDICTS = ("better", "worse", "no difference detected")
 
@@ -119,3 +127,74 @@ def seeds_for_half_width(sd: float, half_width: float, *, confidence: float = 0.
         mid = (low + high) // 2
         low, high = (low, mid) if fits(mid) else (mid, high)
     return high
+
+
+def _t_sf(x: float, df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.sf(x, df))
+
+
+def paired_t_pvalue(diffs: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t-test of mean(diffs) = 0; 1.0 when every difference is 0.
+
+    Raises:
+        ValueError: fewer than 2 differences.
+    """
+    if len(diffs) < 2:
+        raise ValueError(f"a paired t-test needs at least 2 differences; got {len(diffs)}")
+    mean, se = mean_se([float(d) for d in diffs])
+    if se == 0:
+        return 1.0 if mean == 0 else 0.0
+    return min(1.0, 2.0 * _t_sf(abs(mean) / se, len(diffs) - 1))
+
+
+def tost_pvalue(diffs: Sequence[float], delta: float) -> float:
+    """p-value of the TOST equivalence test: the larger of the one-sided p-values of
+    ``H0: mean <= -delta`` and ``H0: mean >= +delta``; small when the mean lies inside ``±delta``.
+
+    Raises:
+        ValueError: fewer than 2 differences or ``delta <= 0``.
+    """
+    if delta <= 0:
+        raise ValueError(f"the equivalence margin delta must be > 0; got {delta}")
+    if len(diffs) < 2:
+        raise ValueError(f"an equivalence test needs at least 2 differences; got {len(diffs)}")
+    mean, se = mean_se([float(d) for d in diffs])
+    if se == 0:
+        return 0.0 if abs(mean) < delta else 1.0
+    df = len(diffs) - 1
+    return max(_t_sf((mean + delta) / se, df), _t_sf((delta - mean) / se, df))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order: sort ascending, ``p~_(i) = max_{j <= i}
+    min(1, (m - j + 1) p_(j))``; reject hypothesis i at family-wise level a when ``p~_i <= a``."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        adjusted[i] = running
+    return adjusted
+
+
+def _pocock(t: float, alpha: float) -> float:
+    return alpha * math.log(1.0 + (math.e - 1.0) * t)
+
+
+def _obrien_fleming(t: float, alpha: float) -> float:
+    from scipy.stats import norm
+
+    return 0.0 if t <= 0 else float(2.0 - 2.0 * norm.cdf(norm.ppf(1.0 - alpha / 2.0) / math.sqrt(t)))
+
+
+SPENDING_FUNCTIONS = {"pocock": _pocock, "obrien-fleming": _obrien_fleming}
+"""Lan-DeMets spending functions ``alpha(t)``, ``alpha(0) = 0`` and ``alpha(1) = alpha``."""
+
+
+def alpha_spent(kind: str, t: float, alpha: float) -> float:
+    """Error spent by information fraction ``t`` in [0, 1] under spending function ``kind``."""
+    if kind not in SPENDING_FUNCTIONS:
+        raise ValueError(f"unknown alpha-spending function {kind!r}; use one of {sorted(SPENDING_FUNCTIONS)}")
+    return SPENDING_FUNCTIONS[kind](min(max(float(t), 0.0), 1.0), alpha)
