@@ -179,7 +179,7 @@ def _print_claims(bench, folder: Path) -> None:
 
 def _preregister(bench, folder: Path) -> int:
     from fedlora.bench.design import PreregistrationError
-    from fedlora.bench.runner import preregister
+    from fedlora.bench.runner import preregister, record_bench
 
     if not bench.claims:
         print(f"fedlora bench: {bench.path} declares no [claims.<name>] table; nothing to pre-register", file=sys.stderr)
@@ -189,5 +189,6 @@ def _preregister(bench, folder: Path) -> int:
     except PreregistrationError as err:
         print(f"fedlora bench: {err}", file=sys.stderr)
         return EXIT_USAGE
+    record_bench(bench, folder, invocation=False)  # bench.json: the grid the doc and the verdicts read
     print(f"pre-registered {len(bench.claims)} claim(s) of {bench.name} in {path}; commit it before the first cell runs")
     return 0

@@ -26,7 +26,7 @@ from fedlora.bench.design import ClaimSpec, ClaimStatus, ComparisonResult, analy
 from fedlora.bench.results import CellRow, aggregate, collect, lower_is_better, markdown_tables
 
 __all__ = ["Comparison", "lower_is_better", "eval_size", "compare", "comparisons_json", "claim_section", "bench_section",
-           "claim_specs", "claim_statuses", "preregistered_section",
+           "claim_specs", "claim_statuses", "preregistered_section", "claim_sentence", "claim_sentences",
            "write_results_doc"]
 
 
@@ -124,6 +124,19 @@ def claim_statuses(info: dict, rows: Sequence[CellRow]) -> list[ClaimStatus]:
     return [analyse_claim(c, rows, info["seeds"]) for c in claim_specs(info)]
 
 
+def claim_sentence(spec: ClaimSpec, status: ClaimStatus, labels: dict[str, str] | None = None) -> str:
+    """One sentence of a pre-registered claim's verdict with its intervals (README, docs), from its analysis."""
+    labels = labels or {}
+    name = labels.get(spec.method, spec.method)
+    head = {"decided": "decided", "cap reached": f"cap reached at {spec.cap} seeds, undecided",
+            "continue": f"{status.looks_done[-1] if status.looks_done else 0} seeds analysed, continuing to {status.next_look}",
+            "waiting": f"waiting for the first look at {spec.looks[0]} seeds"}[status.status]  # fmt: skip
+    parts = [f"{name} − {labels.get(c.baseline, c.baseline)} ({c.distribution}) {c.diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}], "
+             f"{c.verdict}" for c in status.comparisons]  # fmt: skip
+    body = "; ".join(parts) if parts else "no comparison analysed yet"
+    return f"Claim `{spec.name}` ({spec.endpoint}, mean of the last {spec.last_rounds} round(s), {head}): {body}."
+
+
 def _adjusted_p(c: ComparisonResult) -> float | None:
     """The adjusted p-value behind the verdict: of the difference (better/worse), of equivalence, else the smaller."""
     if c.adjusted_p_difference is None:
@@ -133,6 +146,14 @@ def _adjusted_p(c: ComparisonResult) -> float | None:
     if c.verdict == "equivalent within δ":
         return c.adjusted_p_equivalence
     return min(c.adjusted_p_difference, c.adjusted_p_equivalence)
+
+
+def claim_sentences(folder: str | Path) -> list[str]:
+    """:func:`claim_sentence` of every pre-registered claim of the bench published in ``folder``."""
+    info = json.loads((Path(folder) / "bench.json").read_text(encoding="utf-8"))
+    labels = {m["name"]: m["label"] for m in info["methods"]}
+    rows = collect(folder, info["cells"])
+    return [claim_sentence(c, st, labels) for c, st in zip(claim_specs(info), claim_statuses(info, rows))]
 
 
 def _claim_rows(info: dict, rows: Sequence[CellRow]) -> list[dict]:
@@ -253,8 +274,44 @@ def _other_metrics(info: dict, rows: Sequence[CellRow], name: str) -> list[str]:
         if cs[0].stderr is not None:
             text += (f"; its 95% interval excludes zero in {sum(c.verdict == 'better' for c in cs)} (better) and "
                      f"{sum(c.verdict == 'worse' for c in cs)} (worse)")
-        lines.append(text + ".")
-    return lines
+        excluded = [f"{c.baseline} @ {c.distribution} {c.verdict} {c.diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
+                    for c in cs if c.verdict in ("better", "worse")]  # fmt: skip
+        lines.append(text + (": " + "; ".join(excluded) if excluded else "") + ".")
+    return lines + _holm_line(info, rows)
+
+
+def legacy_pvalues(info: dict, rows: Sequence[CellRow]) -> list[tuple[str, Comparison, float]]:
+    """``(metric, comparison, two-sided paired-t p-value)`` of every ``[bench.claim]`` comparison with 2+ seeds."""
+    from fedlora.eval.stats import paired_t_pvalue
+
+    claim, out = info["claim"], []
+    for m in (m for m in info["metrics"] if not m.startswith("train/")):
+        for c in compare(rows, claim["method"], claim["baselines"], m):
+            if c.stderr is not None:
+                out.append((m, c, _p_from(c)))
+    return out
+
+
+def _p_from(c: Comparison) -> float:
+    """Two-sided paired-t p-value from a comparison's mean, standard error and seeds."""
+    from scipy.stats import t
+
+    if not c.stderr:
+        return 1.0 if c.diff == 0 else 0.0
+    return float(min(1.0, 2 * t.sf(abs(c.diff) / c.stderr, c.seeds - 1)))
+
+
+def _holm_line(info: dict, rows: Sequence[CellRow]) -> list[str]:
+    """How many of the exploratory comparisons survive Holm over all of them (family-wise 5%)."""
+    from fedlora.eval.stats import holm
+
+    tested = legacy_pvalues(info, rows)
+    if not tested:
+        return []
+    adjusted = holm([p for _, _, p in tested])
+    kept = [f"`{m}` {c.baseline} @ {c.distribution} ({c.verdict})" for (m, c, _), a in zip(tested, adjusted) if a <= 0.05]
+    return [f"- Holm over all {len(tested)} comparisons above (family-wise 5%): {len(kept)} survive"
+            + (": " + "; ".join(kept) if kept else "") + "."]
 
 
 def _verdict_text(name: str, counts: dict[str, int], comps: Sequence[Comparison]) -> str:
@@ -356,7 +413,7 @@ def bench_section(out_dir: str | Path, assets: Path, doc_dir: Path) -> str:
              "- Git commit: " + ", ".join(f"`{c}`" for c in dict.fromkeys(r.get("git_commit", "?") for r in runs))
              + " (`+dirty`: run on uncommitted changes of that commit)",
              f"- Cells finished: {len(rows)} of {len(info['cells'])}; seeds {info['seeds']}",
-             f"- Settings: {_settings(info.get('base_config', {}))}", "",
+             f"- Settings: {_settings(info.get('base_config', {}))}", *_tokenizer_note(rows, metrics, info.get("base_config", {})), "",
              preregistered_section(info, rows, labels, target, rel), "",
              "### Mean ± std over seeds", "", summary, "", claim_section(info, rows, labels), ""]  # fmt: skip
     if not info.get("claim"):
@@ -364,6 +421,18 @@ def bench_section(out_dir: str | Path, assets: Path, doc_dir: Path) -> str:
     parts += [f"![{Path(p).stem}]({rel(p)})" for p in plots]
     parts += ["", "<details><summary>Every cell</summary>", "", per_cell, "", "</details>", ""]
     return "\n".join(parts)
+
+
+def _tokenizer_note(rows: Sequence[CellRow], metrics: Sequence[str], base: dict) -> list[str]:
+    """A warning line when Rouge-L figures of this bench come from the Latin-only tokenizer (the bundled
+    tasks are English: only benches on other data are marked)."""
+    old = sum(r.rouge_tokenizer == "latin-only" for r in rows)
+    if not old or not any("rougeL" in m for m in metrics) or base.get("data", {}).get("source", "bundled") == "bundled":
+        return []
+    return [f"- **Rouge-L here is Latin-only** in {old} of {len(rows)} cells: scored with `rouge_score`'s default tokenizer, "
+            "which keeps only `[a-z0-9]`, so every answer to a non-Latin reference scored 0 for every method (a shared "
+            "floor, not a bias between methods, but a lower and coarser score). Generated answers were not saved, so "
+            "these cells are marked rather than re-scored; fedlora now scores every script (`fedlora.eval.rouge_tokenize`)."]
 
 
 def write_results_doc(out_dirs: Sequence[str | Path], doc: str | Path = "docs/results.md", *, assets: str | Path | None = None,

@@ -302,7 +302,10 @@ def _endpoint_rounds(claims: Sequence[ClaimSpec], cells: Sequence[Cell]) -> list
             if cell.method.name not in names or cell.method.plan == "no-train" or cell.distribution.name not in claim.distributions:
                 continue
             last = list(range(run.rounds - claim.last_rounds + 1, run.rounds + 1))
-            if not set(last) <= set(evaluated_rounds(run.rounds, run.eval_every, run.eval_last)):
+            if run.rounds < claim.last_rounds:
+                errors.append(f"claims.{claim.name}: its endpoint averages the last {claim.last_rounds} rounds, but method "
+                              f"{cell.method.name} runs run.rounds = {run.rounds}; raise run.rounds or lower last_rounds")  # fmt: skip
+            elif not set(last) <= set(evaluated_rounds(run.rounds, run.eval_every, run.eval_last)):
                 errors.append(f"claims.{claim.name}: its endpoint averages rounds {last}, but method {cell.method.name} does not "
                               f"evaluate all of them; set run.eval_last = {claim.last_rounds} in [base.run]")  # fmt: skip
     return list(dict.fromkeys(errors))

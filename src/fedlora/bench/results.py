@@ -37,6 +37,7 @@ class CellRow:
     rounds: int
     records: list[dict] = field(default_factory=list, repr=False)
     plan: str | None = None  # the bench-side plan (fedlora.bench.baselines.PLAN_MODES), None for a method's own
+    rouge_tokenizer: str = "latin-only"  # fedlora.eval.metrics.ROUGE_TOKENIZER of the run; cells before it: latin-only
 
 
 @dataclass
@@ -116,7 +117,7 @@ def collect(out_dir: str | Path, cell_ids: Sequence[str] | None = None) -> list[
             continue
         rows.append(CellRow(r["cell"], r["method"], r["distribution"], int(r["seed"]), r["final"], int(r["bytes_up"]),
                             int(r["bytes_down"]), float(r["seconds"] or 0.0), int(r["clients"]), int(r["rounds"]),
-                            records, r.get("plan")))  # fmt: skip
+                            records, r.get("plan"), r.get("rouge_tokenizer", "latin-only")))  # fmt: skip
     return rows
 
 

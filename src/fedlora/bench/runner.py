@@ -30,7 +30,7 @@ from fedlora.bench.grid import Bench, Cell
 
 __all__ = ["RESULT_FILE", "BENCH_FILE", "CellOutcome", "GridReport", "cell_dir", "cell_state", "run_cell", "run_grid",
            "git_commit", "record_bench", "LineProgress", "publish_cell", "published_path", "refresh_published", "preregister",
-           "claim_status_lines", "VERDICTS_FILE"]  # fmt: skip
+           "claim_status_lines", "VERDICTS_FILE", "cost_split"]  # fmt: skip
 
 RESULT_FILE = "result.json"
 BENCH_FILE = "bench.json"
@@ -146,6 +146,7 @@ def run_cell(cell: Cell, path: str | Path, *, metrics: Sequence[str] = (), model
     or None when ``stop_after`` stopped it before the last round."""
     from fedlora.bench.baselines import install_plan_mode
     from fedlora.engine.run import Engine
+    from fedlora.eval.metrics import ROUGE_TOKENIZER
 
     from fedlora.engine.metrics_log import METRICS_FILE
 
@@ -173,6 +174,7 @@ def run_cell(cell: Cell, path: str | Path, *, metrics: Sequence[str] = (), model
         "plan": cell.method.plan, "rounds": result.completed_rounds, "clients": len(engine.data.client_ids),
         "bytes_up": s["bytes_up"], "bytes_down": s["bytes_down"], "seconds": s.get("seconds"),
         "failed_clients": s["failed_clients"], "rejected_updates": s["rejected_updates"],
+        "rouge_tokenizer": ROUGE_TOKENIZER,
         "final": _final_values(result.records, metrics), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
     _write_json(path / RESULT_FILE, out)
@@ -328,6 +330,21 @@ def run_grid(bench: Bench, out_dir: str | Path, *, resume: bool = False, only: C
     return report
 
 
+def cost_split(path: str | Path, seconds: float | None = None) -> dict[str, float]:
+    """Where a cell's time went, from its metrics log: ``training`` (the rounds' ``seconds``), ``evaluation``
+    (the evaluations' ``seconds``) and ``setup`` (the rest of ``seconds``, the wall time of the invocation
+    that ran them all; without it, the run's own ``seconds`` from ``result.json``)."""
+    from fedlora.engine.metrics_log import read_metrics
+
+    records = read_metrics(path)
+    training = sum(float(r.get("seconds") or 0.0) for r in records if r.get("type") == "round")
+    evaluation = sum(float(r.get("seconds") or 0.0) for r in records if r.get("type") == "eval")
+    if seconds is None:
+        result = Path(path) / RESULT_FILE
+        seconds = float(json.loads(result.read_text(encoding="utf-8")).get("seconds") or 0.0) if result.is_file() else 0.0
+    return {"setup": max(0.0, seconds - training - evaluation), "training": training, "evaluation": evaluation, "total": seconds}
+
+
 def _run_one(cell: Cell, path: Path, bench: Bench, models: _Models, verbose: bool, log: Callable[[str], None]) -> CellOutcome:
     from fedlora.engine.checkpoint import load_checkpoint
 
@@ -343,5 +360,7 @@ def _run_one(cell: Cell, path: Path, bench: Bench, models: _Models, verbose: boo
         return CellOutcome(cell.id, "failed", time.perf_counter() - started, error=f"{type(err).__name__}: {err}")
     seconds = time.perf_counter() - started
     primary = (result or {}).get("final", {}).get(bench.primary_metric)
-    log(f"  {cell.id}: done in {seconds:.0f} s, {bench.primary_metric} = {'-' if primary is None else f'{primary:.4f}'}")
+    split = cost_split(path, seconds)
+    log(f"  {cell.id}: done in {seconds:.0f} s (set-up {split['setup']:.0f} s, training {split['training']:.0f} s, evaluation "
+        f"{split['evaluation']:.0f} s this invocation), {bench.primary_metric} = {'-' if primary is None else f'{primary:.4f}'}")
     return CellOutcome(cell.id, "done", seconds, resumed_from=int(ckpt["round"]) if ckpt else 0)
