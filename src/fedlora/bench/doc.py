@@ -133,8 +133,10 @@ def claim_sentence(spec: ClaimSpec, status: ClaimStatus, labels: dict[str, str] 
             "waiting": f"waiting for the first look at {spec.looks[0]} seeds"}[status.status]  # fmt: skip
     parts = [f"{name} − {labels.get(c.baseline, c.baseline)} ({c.distribution}) {c.diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}], "
              f"{c.verdict}" for c in status.comparisons]  # fmt: skip
-    body = "; ".join(parts) if parts else "no comparison analysed yet"
-    return f"Claim `{spec.name}` ({spec.endpoint}, mean of the last {spec.last_rounds} round(s), {head}): {body}."
+    family = ", ".join(labels.get(b, b) for b in spec.family)
+    body = "; ".join(parts) if parts else f"{name} against {family} under {', '.join(spec.distributions)}, no look yet"
+    rounds = "the last round" if spec.last_rounds == 1 else f"mean of the last {spec.last_rounds} rounds"
+    return f"Claim `{spec.name}` ({spec.endpoint}, {rounds}, δ = {spec.delta:g}; {head}): {body}."
 
 
 def _adjusted_p(c: ComparisonResult) -> float | None:
@@ -416,7 +418,7 @@ def bench_section(out_dir: str | Path, assets: Path, doc_dir: Path) -> str:
              f"- Settings: {_settings(info.get('base_config', {}))}", *_tokenizer_note(rows, metrics, info.get("base_config", {})), "",
              preregistered_section(info, rows, labels, target, rel), "",
              "### Mean ± std over seeds", "", summary, "", claim_section(info, rows, labels), ""]  # fmt: skip
-    if not info.get("claim"):
+    if not info.get("claim") and not info.get("claims"):
         parts += ["### Per task (last evaluation; ± standard error over the eval examples)", "", task_table(rows, labels), ""]
     parts += [f"![{Path(p).stem}]({rel(p)})" for p in plots]
     parts += ["", "<details><summary>Every cell</summary>", "", per_cell, "", "</details>", ""]
