@@ -78,3 +78,63 @@ def test_configure_sends_each_node_its_own_rank_and_a_malformed_reply_is_rejecte
     assert metrics["accepted"] == 1.0 and metrics["rejected"] == 1.0
     assert "malformed reply" in strategy.history[-1]["rejected"][node_client_id(12)]
     assert strategy.global_adapter()[module].rank >= 1 and len(arrays) == 2
+
+
+# ----------------------------------------------------------------------------- Flower's wrappers never drop a guarantee
+
+
+def _wrappers():
+    from flwr.serverapp.strategy import (
+        DifferentialPrivacyClientSideAdaptiveClipping,
+        DifferentialPrivacyClientSideFixedClipping,
+        DifferentialPrivacyServerSideAdaptiveClipping,
+        DifferentialPrivacyServerSideFixedClipping,
+    )
+
+    return {
+        "server-fixed": lambda s: DifferentialPrivacyServerSideFixedClipping(s, noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=2),
+        "client-fixed": lambda s: DifferentialPrivacyClientSideFixedClipping(s, noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=2),
+        "server-adaptive": lambda s: DifferentialPrivacyServerSideAdaptiveClipping(s, noise_multiplier=1.0, num_sampled_clients=2, clipped_count_stddev=1.0),
+        "client-adaptive": lambda s: DifferentialPrivacyClientSideAdaptiveClipping(s, noise_multiplier=1.0, num_sampled_clients=2, clipped_count_stddev=1.0),
+    }  # fmt: skip
+
+
+class _NoSendGrid(_Grid):
+    """A grid that fails the test if anything is sent: a refusal must come before round 1's messages."""
+
+    def send_and_receive(self, *args, **kwargs):
+        raise AssertionError("a message was sent before the wrapper was refused")
+
+
+@pytest.mark.parametrize("kind", ["server-fixed", "client-fixed", "server-adaptive", "client-adaptive"])
+def test_each_flower_dp_wrapper_is_refused_before_round_one(kind):
+    from fedlora.flower.strategy import ComposedStrategyError
+
+    inner = FedLoraStrategy("flexlora", modules=["model.layers.0.self_attn.q_proj"], ranks=2)
+    wrapped = _wrappers()[kind](inner)
+    with pytest.raises(ComposedStrategyError, match=r"wraps FedLoraStrategy.*DPFedAvg.*norm_bound"):
+        wrapped.start(_NoSendGrid(), initial_arrays=ArrayRecord(), num_rounds=1)
+    assert inner.history == []  # nothing trained, nothing aggregated
+
+
+def test_arrays_changed_between_rounds_are_refused_and_unchanged_ones_pass():
+    import numpy as np
+    from flwr.app import Array
+
+    from fedlora.flower.strategy import ComposedStrategyError
+
+    module = "model.layers.0.self_attn.q_proj"
+    strategy = FedLoraStrategy("fedit", modules=[module], ranks=2)
+    strategy.configure_train(1, ArrayRecord(), ConfigRecord(), _Grid())
+    arrays, _ = strategy.aggregate_train(1, [])  # no reply: the global adapter is unchanged, and a warning says so
+    assert list(strategy.configure_train(2, arrays, ConfigRecord(), _Grid()))  # handed back as returned: fine
+    noised = ArrayRecord({k: Array(np.asarray(arrays[k].numpy()) + 0.1) for k in arrays.keys()}) if len(arrays) else ArrayRecord({"x": Array(np.zeros(1))})
+    with pytest.raises(ComposedStrategyError, match="other arrays"):
+        strategy.configure_train(3, noised, ConfigRecord(), _Grid())
+
+
+def test_a_round_without_an_accepted_update_warns(caplog):
+    strategy = FedLoraStrategy("fedit", modules=["model.layers.0.self_attn.q_proj"], ranks=2)
+    with caplog.at_level("WARNING", logger="fedlora.flower.strategy"):
+        strategy.aggregate_train(1, [])
+    assert "round 1 aggregated no update" in caplog.text

@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["CellRow", "Aggregate", "final_metric", "metric_series", "traffic_series", "collect", "aggregate",
+RESULT_FILE = "result.json"
+"""A finished cell's result in its run folder (written by ``fedlora.bench.runner.run_cell``)."""
+
+__all__ = ["RESULT_FILE", "CellRow", "Aggregate", "final_metric", "metric_series", "traffic_series", "collect", "aggregate",
            "write_tables", "markdown_tables", "fmt_mean_std", "estimate_seconds", "lower_is_better", "endpoint_value"]  # fmt: skip
 
 
@@ -99,7 +102,6 @@ def traffic_series(records: Sequence[dict]) -> list[tuple[int, int, int]]:
 
 def collect(out_dir: str | Path, cell_ids: Sequence[str] | None = None) -> list[CellRow]:
     """Rows of the finished cells under ``out_dir/cells`` (only ``cell_ids`` when given, in that order)."""
-    from fedlora.bench.runner import RESULT_FILE
     from fedlora.engine.metrics_log import read_metrics
 
     root = Path(out_dir) / "cells"

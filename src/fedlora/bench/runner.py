@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fedlora.bench.grid import Bench, Cell
+from fedlora.bench.results import RESULT_FILE
 
 __all__ = ["RESULT_FILE", "BENCH_FILE", "CellOutcome", "GridReport", "cell_dir", "cell_state", "run_cell", "run_grid",
            "git_commit", "record_bench", "LineProgress", "publish_cell", "published_path", "refresh_published", "preregister",
            "claim_status_lines", "VERDICTS_FILE", "cost_split"]  # fmt: skip
 
-RESULT_FILE = "result.json"
 BENCH_FILE = "bench.json"
 ERROR_FILE = "cell_error.log"
 VERDICTS_FILE = "verdicts.json"

@@ -15,21 +15,28 @@ Each sampled node is sent a fedlora train payload (its plan at its own rank, its
 fedlora method behind :func:`fedlora.strategies.guard.guarded_aggregate`: a malformed or hostile reply is
 rejected and named in the round's metrics; the round goes on.
 
-Flower's wrappers: ``DifferentialPrivacyServerSideFixedClipping`` and friends clip and noise the single
-``ArrayRecord`` of FedAvg-style replies relative to the broadcast arrays; fedlora replies carry per-client
-factors at different ranks, so those wrappers do not compose with this object. Use fedlora's own DP-FedAvg
-(``fedlora.strategies.dp.DPFedAvg`` around FedIT or FFA-LoRA, passed as ``method``) instead.
+Flower's wrappers are refused, never ignored: ``DifferentialPrivacyServerSideFixedClipping`` and friends
+clip and noise the single ``ArrayRecord`` of FedAvg-style replies and of the aggregate, but a fedlora method
+keeps its state in its own factors (per client, at different ranks) and never reads those arrays back, so
+the noise would land where nothing reads it: a run that logs "noise added" and trains without privacy.
+:meth:`FedLoraStrategy.configure_train` therefore raises :class:`ComposedStrategyError` in round 1, before
+any message is sent, when another Flower strategy calls it as its inner ``strategy``, and in any later
+round when the arrays it is handed differ from the ones it returned (a wrapper that rewrote them). For
+client-level DP use fedlora's DP-FedAvg (``method=DPFedAvg(make_strategy("fedit"), clip_norm=...,
+noise_multiplier=...)``, with its accountant's epsilon in the round metrics); against hostile clients,
+``norm_bound`` and fedlora's guard (:func:`fedlora.strategies.guard.guarded_aggregate`) reject outliers.
+Krum, Bulyan, FedTrimmedAvg and FedMedian take no inner strategy, so they cannot wrap this one.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 import random
-from logging import INFO
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
@@ -40,7 +47,17 @@ from fedlora.lora.factors import Adapter
 from fedlora.strategies.guard import guarded_aggregate
 from fedlora.strategies.registry import make_strategy
 
-__all__ = ["FedLoraStrategy", "node_client_id"]
+__all__ = ["FedLoraStrategy", "node_client_id", "ComposedStrategyError"]
+
+logger = logging.getLogger(__name__)  # WARNING and above reach stderr even where nothing configures logging
+
+_INSTEAD = ("for client-level DP pass fedlora's DP-FedAvg as the method: FedLoraStrategy(DPFedAvg(make_strategy('fedit'), "
+            "clip_norm=C, noise_multiplier=sigma), ...) (fedlora.strategies.dp; its accountant reports epsilon each round); "
+            "against hostile clients use FedLoraStrategy(..., norm_bound=...) (fedlora.strategies.guard)")
+
+
+class ComposedStrategyError(RuntimeError):
+    """A Flower strategy wraps :class:`FedLoraStrategy`, whose state its wrapper cannot reach (module docstring)."""
 
 
 def node_client_id(node_id: int) -> str:
@@ -77,6 +94,7 @@ class FedLoraStrategy(FlowerStrategy):
         self.alpha_ratio, self.fraction_train, self.min_train_nodes = float(alpha_ratio), float(fraction_train), int(min_train_nodes)
         self.fraction_evaluate, self.seed, self.norm_bound = float(fraction_evaluate), int(seed), float(norm_bound)
         self.history: list[dict[str, Any]] = []
+        self._returned: ArrayRecord | None = None  # the arrays aggregate_train last returned
 
     # ------------------------------------------------------------------ plans
 
@@ -98,7 +116,22 @@ class FedLoraStrategy(FlowerStrategy):
 
     # ------------------------------------------------------------------ Flower's Strategy interface
 
+    def _refuse_composition(self, wrapper: Any, arrays: ArrayRecord) -> None:
+        """Raise :class:`ComposedStrategyError` when ``wrapper`` (the caller) wraps this strategy, or when the
+        arrays handed back differ from the ones :meth:`aggregate_train` returned (module docstring)."""
+        if wrapper is not self and isinstance(wrapper, FlowerStrategy) and getattr(wrapper, "strategy", None) is self:
+            raise ComposedStrategyError(
+                f"{type(wrapper).__name__} wraps FedLoraStrategy, but its clipping and noise act on ArrayRecords that a "
+                f"fedlora method never reads back (its state is per-client LoRA factors), so it would not take effect; "
+                f"{_INSTEAD}")
+        if self._returned is not None and not _same_arrays(arrays, self._returned):
+            raise ComposedStrategyError(
+                "configure_train was handed other arrays than FedLoraStrategy.aggregate_train returned: something between "
+                f"them (a wrapper strategy) changed them, and a fedlora method would ignore the change; {_INSTEAD}")
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        caller = inspect.currentframe().f_back  # type: ignore[union-attr]
+        self._refuse_composition(caller.f_locals.get("self") if caller else None, arrays)
         nodes = self._sample(grid, server_round, self.fraction_train, self.min_train_nodes)
         payloads = self.method.configure(server_round, [self.plan_for(n) for n in nodes])
         messages = []
@@ -128,8 +161,12 @@ class FedLoraStrategy(FlowerStrategy):
             metrics["train_loss"] = sum(losses) / len(losses)
         self.history.append({"round": server_round, "accepted": list(result.accepted) if result else [], "rejected": rejected})
         for cid, why in sorted(rejected.items()):
-            log(INFO, "fedlora: round %s rejected %s: %s", server_round, cid, why)
+            logger.warning("fedlora: round %s rejected %s: %s", server_round, cid, why)
+        if not (result and result.accepted):
+            logger.warning("fedlora: round %s aggregated no update (%d replies, all failed or rejected); the global "
+                           "adapter is unchanged", server_round, len(rejected))  # fmt: skip
         arrays, _ = S.adapter_to_records(self.method.global_adapter())
+        self._returned = arrays
         return arrays, MetricRecord(metrics)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -150,12 +187,21 @@ class FedLoraStrategy(FlowerStrategy):
         return MetricRecord(out | {"n_examples": sum(weights)})
 
     def summary(self) -> None:
-        log(INFO, "\t├── fedlora method: %s (%d LoRA modules, alpha = %g x rank)", self.method.name, len(self.modules), self.alpha_ratio)
-        log(INFO, "\t└── nodes per round: fraction %g (at least %d); evaluation fraction %g", self.fraction_train,
-            self.min_train_nodes, self.fraction_evaluate)  # fmt: skip
+        logger.info("\t├── fedlora method: %s (%d LoRA modules, alpha = %g x rank)", self.method.name, len(self.modules), self.alpha_ratio)
+        logger.info("\t└── nodes per round: fraction %g (at least %d); evaluation fraction %g", self.fraction_train,
+                    self.min_train_nodes, self.fraction_evaluate)  # fmt: skip
 
     # ------------------------------------------------------------------ fedlora side
 
     def global_adapter(self) -> Adapter:
         """The method's global adapter (fedlora factors; ``fedlora.client.peft_bridge.save_peft_adapter`` exports it)."""
         return self.method.global_adapter()
+
+
+def _same_arrays(a: ArrayRecord, b: ArrayRecord) -> bool:
+    """Whether two ArrayRecords hold the same keys and the same bytes."""
+    if a is b:
+        return True
+    if list(a.keys()) != list(b.keys()):
+        return False
+    return all(a[k].data == b[k].data and a[k].shape == b[k].shape and a[k].dtype == b[k].dtype for k in a.keys())
