@@ -31,6 +31,7 @@ import json
 import os
 import statistics
 import tempfile
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -90,8 +91,10 @@ def run_engine(text: str, work: Path) -> dict:
 
 
 def run_inprocess(text: str, work: Path, nodes: int) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the in-process Grid is a test helper
+    from flower_local_grid import run_in_process
+
     from fedlora.flower.client_app import app as client_app
-    from fedlora.flower.local_grid import run_in_process
     from fedlora.flower.server_app import app as server_app
 
     start = time.perf_counter()

@@ -20,7 +20,7 @@ from fedlora.flower import serialization as S  # noqa: E402
 from fedlora.flower import smoke  # noqa: E402
 from fedlora.flower.client_app import app as client_app  # noqa: E402
 from fedlora.flower.client_app import make_client_app  # noqa: E402
-from fedlora.flower.local_grid import run_in_process  # noqa: E402
+from flower_local_grid import run_in_process  # noqa: E402
 from fedlora.flower.options import FlowerOptions  # noqa: E402
 from fedlora.flower.server_app import app as server_app  # noqa: E402
 from fedlora.flower.server_app import make_server_app  # noqa: E402

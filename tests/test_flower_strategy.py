@@ -18,7 +18,7 @@ pytest.importorskip("flwr")
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict  # noqa: E402
 
-from fedlora.flower.local_grid import run_in_process  # noqa: E402
+from flower_local_grid import run_in_process  # noqa: E402
 from fedlora.flower.strategy import FedLoraStrategy, node_client_id  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flower_custom_app"

@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp  # noqa: E402
 
 from fedlora.allocation.plan import ClientPlan  # noqa: E402
 from fedlora.flower import serialization as S  # noqa: E402
-from fedlora.flower.local_grid import LocalGrid, wire_roundtrip  # noqa: E402
+from flower_local_grid import LocalGrid, wire_roundtrip  # noqa: E402
 from fedlora.flower.messaging import exchange  # noqa: E402
 from fedlora.flower.options import FlowerOptions, FlowerOptionsError  # noqa: E402
 from fedlora.lora.factors import LoraFactors, Update  # noqa: E402

@@ -10,7 +10,6 @@
   aggregation by a fedlora strategy, federated evaluation, checkpoints, fault handling);
 - :mod:`~fedlora.flower.serialization`: fedlora objects <-> Flower records;
 - :mod:`~fedlora.flower.from_config`: recipes from a fedlora config (the engine's own builders);
-- :mod:`~fedlora.flower.local_grid`: an in-process Grid (tests, ``fedlora flower simulate``);
 - :mod:`~fedlora.flower.deploy`, :mod:`~fedlora.flower.certs`, :mod:`~fedlora.flower.cli`:
   SuperLink/SuperNodes on loopback, TLS certificates and node keys, ``fedlora flower ...``.
 
@@ -24,15 +23,15 @@ import importlib
 from typing import Any
 
 __all__ = [
-    "FlowerServer", "FlowerOptions", "ServerRecipe", "NodeRecipe", "NodeData", "LocalGrid", "LocalFederation",
-    "run_in_process", "write_app", "write_credentials", "recipes_from_fedlora_config", "MalformedMessageError",
+    "FlowerServer", "FlowerOptions", "ServerRecipe", "NodeRecipe", "NodeData", "LocalFederation",
+    "write_app", "write_credentials", "recipes_from_fedlora_config", "MalformedMessageError",
     "FedLoraStrategy", "read_train", "train_reply", "reply_from_factors", "evaluate_reply",
 ]  # fmt: skip
 
 _LOCATIONS = {
     "FlowerServer": "fedlora.flower.server", "FlowerOptions": "fedlora.flower.options", "ServerRecipe": "fedlora.flower.recipe",
-    "NodeRecipe": "fedlora.flower.recipe", "NodeData": "fedlora.flower.recipe", "LocalGrid": "fedlora.flower.local_grid",
-    "run_in_process": "fedlora.flower.local_grid", "LocalFederation": "fedlora.flower.deploy", "write_app": "fedlora.flower.app_dir",
+    "NodeRecipe": "fedlora.flower.recipe", "NodeData": "fedlora.flower.recipe",
+    "LocalFederation": "fedlora.flower.deploy", "write_app": "fedlora.flower.app_dir",
     "write_credentials": "fedlora.flower.certs", "recipes_from_fedlora_config": "fedlora.flower.from_config",
     "MalformedMessageError": "fedlora.flower.serialization", "FedLoraStrategy": "fedlora.flower.strategy",
     "read_train": "fedlora.flower.client_helpers", "train_reply": "fedlora.flower.client_helpers",

@@ -7,7 +7,8 @@ Commands:
 - ``local CONFIG.toml --nodes N [--secure]``: start a SuperLink and N SuperNodes on loopback,
   run the federation, stop them; results under ``--workdir``.
 - ``simulate CONFIG.toml --nodes N``: the same app on Flower's own simulation runtime
-  (``flwr run APP local``, Ray; ``--runtime inprocess``: fedlora's in-process Grid, no Ray, for a
+  (``flwr run APP local``, Ray; fedlora's former in-process Grid used Flower internals and now lives in
+  the tests only, for a
   quick check of a config).
 
 ``--smoke`` (app, local, simulate) swaps the config for a tiny random model and synthetic data,
@@ -63,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_certs)
 
     for name, func, text in (("local", _cmd_local, "run on a SuperLink and SuperNodes started on loopback"),
-                             ("simulate", _cmd_simulate, "run on Flower's simulation runtime (or --runtime inprocess)")):  # fmt: skip
+                             ("simulate", _cmd_simulate, "run on Flower's simulation runtime")):  # fmt: skip
         s = sub.add_parser(name, help=text)
         _config_args(s)
         s.add_argument("--nodes", type=int, default=0, help="SuperNodes (default: one per configured client)")
@@ -72,10 +73,6 @@ def _parser() -> argparse.ArgumentParser:
                        "e.g. 2,4,8; with --set plans-from=resources the plans follow them")  # fmt: skip
         if name == "local":
             s.add_argument("--secure", action="store_true", help="TLS and SuperNode authentication (fresh CA and keys)")
-        else:
-            s.add_argument("--runtime", choices=("flower", "inprocess"), default="flower",
-                           help="'flower': Flower's simulation runtime, as `flwr run APP local` (needs Ray, part of "
-                                "fedlora[flower]); 'inprocess': fedlora's in-process Grid (no Ray, seconds to start)")  # fmt: skip
         s.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is stopped (default 3600)")
         s.set_defaults(func=func)
     return p
@@ -175,23 +172,16 @@ def _cmd_simulate(args) -> int:
     workdir = args.workdir.resolve()
     settings.setdefault("out-dir", str(workdir / "results"))
     nodes = _node_configs(args, settings, text)
-    if args.runtime == "flower":
-        from fedlora.flower.app_dir import write_app
-        from fedlora.flower.simulation import simulate_with_flower
+    from fedlora.flower.app_dir import write_app
+    from fedlora.flower.simulation import simulate_with_flower
 
-        if any("memory-gb" in n for n in nodes):
-            raise ValueError("--memory-gb sets --node-config per node, which Flower's simulation runtime does not take; "
-                             "use --runtime inprocess")  # fmt: skip
-        app = write_app(text, workdir / "app", options=settings)
-        print(f"Flower simulation runtime: {len(nodes)} simulated SuperNodes (flwr run {app} local); log in {workdir}", flush=True)
-        out = simulate_with_flower(app, workdir, num_supernodes=len(nodes), timeout=args.timeout)
-        print("\n".join(line for line in out.splitlines() if "[fedlora]" in line))
-    else:
-        from fedlora.flower.client_app import app as client_app
-        from fedlora.flower.local_grid import run_in_process
-        from fedlora.flower.server_app import app as server_app
-
-        run_in_process(server_app, client_app, nodes, {**settings, "fedlora-config": text})
+    if any("memory-gb" in n for n in nodes):
+        raise ValueError("--memory-gb sets --node-config per node, which Flower's simulation runtime does not take; "
+                         "use `fedlora flower local` (one SuperNode per node on loopback) for per-node budgets")  # fmt: skip
+    app = write_app(text, workdir / "app", options=settings)
+    print(f"Flower simulation runtime: {len(nodes)} simulated SuperNodes (flwr run {app} local); log in {workdir}", flush=True)
+    out = simulate_with_flower(app, workdir, num_supernodes=len(nodes), timeout=args.timeout)
+    print("\n".join(line for line in out.splitlines() if "[fedlora]" in line))
     return _summary(Path(settings["out-dir"]))
 
 
