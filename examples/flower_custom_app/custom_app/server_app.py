@@ -10,7 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedlora.client.peft_bridge import save_peft_adapter
 from fedlora.config import ModelSection
-from fedlora.engine.build import build_spec, load_base_model
+from fedlora.engine.build import spec_of_section
 from fedlora.flower import FedLoraStrategy
 
 app = ServerApp()
@@ -19,9 +19,8 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
-    model_section = ModelSection(name=str(cfg["model"]))
-    model, _ = load_base_model(model_section)
-    modules = [m.name for m in build_spec(model, model_section).modules]  # the PEFT module paths that carry LoRA
+    spec = spec_of_section(ModelSection(name=str(cfg["model"])))  # from the model's configuration: no weights loaded
+    modules = [m.name for m in spec.modules]  # the PEFT module paths that carry LoRA
     ranks = [int(r) for r in str(cfg["ranks"]).split(",")]
     nodes = sorted(grid.get_node_ids())
     strategy = FedLoraStrategy(str(cfg["method"]), modules=modules, ranks={n: ranks[i % len(ranks)] for i, n in enumerate(nodes)})

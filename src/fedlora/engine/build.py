@@ -65,6 +65,17 @@ def build_spec(model: Any, m: ModelSection) -> ModelSpec:
     return model_spec(model, tuple(m.target_modules))
 
 
+def spec_of_section(m: ModelSection) -> ModelSpec:
+    """``[model]``'s LoRA-targetable shapes without loading its weights (from the model's configuration;
+    ``"tiny"`` is built, it is small): what a server needs to plan and aggregate."""
+    if m.name == TINY_MODEL:
+        model, _ = load_base_model(m)
+        return build_spec(model, m)
+    from fedlora.models import spec_without_weights
+
+    return spec_without_weights(m.name, tuple(m.target_modules), dtype=m.dtype)
+
+
 def build_strategy(cfg: Config, spec: ModelSpec | None = None) -> Strategy:
     """``strategy.name`` with the run seed, the model shapes and the ``[strategy]`` arguments."""
     from fedlora.strategies.registry import make_strategy

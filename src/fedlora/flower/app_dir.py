@@ -4,7 +4,11 @@ The folder holds no training code: its ``pyproject.toml`` points Flower's ``serv
 ``clientapp`` components at fedlora's own apps (two one-line modules, because Flower resolves a
 component inside the app folder), and embeds the fedlora TOML config as the run-config value
 ``fedlora-config``, next to the Flower settings (timeouts, minimum replies, output folder).
-Every machine of the federation needs ``pip install 'fedlora[flower]'``.
+Every machine of the federation needs ``pip install 'fedlora[flower]'``: the app lists no dependency,
+because Flower installs an app's ``[project].dependencies`` into a fresh environment on every run
+(``uv sync``; fedlora is on no package index, and torch would be fetched again per run), while the
+environment it creates keeps the machine's installed packages visible. So ``flwr run APP`` works with
+Flower's defaults wherever fedlora is installed (``README.md`` in the folder says so).
 """
 
 from __future__ import annotations
@@ -68,7 +72,22 @@ def write_app(config_text: str, out_dir: str | os.PathLike, *, name: str = "fedl
     (package / "__init__.py").write_text('"""A fedlora run packaged as a Flower app (written by `fedlora flower app`)."""\n')
     (package / "server_app.py").write_text(_SERVER_MODULE)
     (package / "client_app.py").write_text(_CLIENT_MODULE)
+    (root / "README.md").write_text(_README.format(version=fedlora.__version__), encoding="utf-8")
     return root
+
+
+_README = """# A fedlora run as a Flower app
+
+Written by `fedlora flower app` (fedlora {version}). Run it as any Flower app:
+
+    flwr run . --stream                       # Flower's local simulation
+    flwr run . <federation> --stream          # a deployment: SuperNodes with --node-config "partition-id=K num-partitions=N"
+
+fedlora {version} with its Flower extra (`pip install 'fedlora[flower]'`) must be installed on every machine
+that runs the SuperLink or a SuperNode. `pyproject.toml` lists no dependency on purpose: Flower installs an
+app's dependencies into a fresh environment per run, fedlora is not on a package index, and that environment
+keeps the machine's installed packages (fedlora, torch, transformers, peft) visible.
+"""
 
 
 def _pyproject(name: str, run_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,7 +98,7 @@ def _pyproject(name: str, run_config: Mapping[str, Any]) -> dict[str, Any]:
             "version": "1.0.0",
             "description": "A fedlora federated LoRA run as a Flower app",
             "license": "Apache-2.0",
-            "dependencies": [f"fedlora[flower]=={fedlora.__version__}", "flwr>=1.41,<1.43"],
+            "dependencies": [],  # fedlora is installed on the machines (module docstring)
         },
         "tool": {
             "hatch": {"build": {"targets": {"wheel": {"packages": ["."]}}}},

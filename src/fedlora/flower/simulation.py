@@ -22,7 +22,7 @@ import psutil
 
 from fedlora.flower.deploy import FlowerRunError, flower_binary, format_node_config, free_port, serverapp_failure
 
-__all__ = ["simulation_available", "simulate_with_flower"]
+__all__ = ["simulation_available", "simulate_with_flower", "stop_local_superlink"]
 
 
 def simulation_available() -> bool:
@@ -44,7 +44,7 @@ def simulate_with_flower(app_dir: str | os.PathLike, workdir: str | os.PathLike,
     """
     if not simulation_available():
         raise FlowerRunError("Flower's simulation runtime needs Ray: pip install 'fedlora[flower]' (it brings flwr[simulation]); "
-                             "or use `fedlora flower simulate --runtime inprocess`")  # fmt: skip
+                             "or run a local deployment: `fedlora flower local CONFIG.toml`")  # fmt: skip
     workdir = Path(workdir).resolve()
     home = workdir / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,7 @@ def simulate_with_flower(app_dir: str | os.PathLike, workdir: str | os.PathLike,
     env = dict(os.environ)
     env.update({
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", "FLWR_HOME": str(home),
-        "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port), "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     })  # fmt: skip
@@ -68,7 +68,7 @@ def simulate_with_flower(app_dir: str | os.PathLike, workdir: str | os.PathLike,
     except subprocess.TimeoutExpired:
         raise FlowerRunError(f"the Flower simulation did not finish within {timeout:g} s; see {log}") from None
     finally:
-        _stop_managed_superlink(http_port)
+        stop_local_superlink(http_port)
     out = log.read_text(errors="replace")
     failure = None if code == 0 else f"flwr run exited {code}"
     failure = failure or serverapp_failure(out)
@@ -77,7 +77,7 @@ def simulate_with_flower(app_dir: str | os.PathLike, workdir: str | os.PathLike,
     return out
 
 
-def _stop_managed_superlink(http_port: int) -> None:
+def stop_local_superlink(http_port: int) -> None:
     """Stop the detached local SuperLink that ``flwr run`` started on ``http_port`` (and its children)."""
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info.get("cmdline") or []
