@@ -366,7 +366,7 @@ def _strategy_errors(s: StrategySection) -> list[str]:
 def _async_errors(cfg: "Config") -> list[str]:
     if cfg.run.mode != "async":
         return []
-    from fedlora.engine.asynchronous import ASYNC_METHODS
+    from fedlora.strategies.registry import ASYNC_METHODS
 
     name, errors = cfg.strategy.name, []
     base = str(cfg.strategy.params.get("base", "fedit")).lower() if name == "fedprox" else name

@@ -32,6 +32,7 @@ import torch
 
 from fedlora.client.peft_bridge import ADAPTER_NAME, split_path
 from fedlora.client.rules import RuleBase, client_rules, total_penalty
+from fedlora.client.step import batch_schedule, make_optimizer, training_mode
 from fedlora.data.formatting import IGNORE_INDEX, collate
 from fedlora.lora.factors import LoraFactors, Update
 from fedlora.strategies.base import Payload
@@ -101,30 +102,28 @@ def train_lockstep(trainer: Any, jobs: Sequence[tuple[Payload, Sequence, int]], 
 
     Raises ValueError naming the reason when :func:`lockstep_unsupported` does.
     """
-    from fedlora.client.trainer import _make_optimizer, _training_mode, batch_schedule
-
     payloads = [p for p, _, _ in jobs]
     reason = lockstep_unsupported(trainer, payloads)
     if reason:
         raise ValueError(f"lockstep training is not possible here: {reason}; train these clients sequentially")
     start, cfg, model = time.perf_counter(), trainer.config, trainer.model
     steps = steps or cfg.local_steps
-    data = [trainer._encode(examples, p.plan.client_id) for p, examples, _ in jobs]
+    data = [trainer.encode(examples, p.plan.client_id) for p, examples, _ in jobs]
     first = payloads[0]
     trainer.base.apply(first.base_delta, ("version", first.base_delta_version) if first.base_delta else None)
-    initial = [trainer._initial_factors(p) for p in payloads]
+    initial = [trainer.initial_factors(p) for p in payloads]
     rules = [client_rules(p.options) for p in payloads]
     shims = [{m: _ClientFactors(initial[c][m], p.train_A and m in p.plan.trainable_modules, p.train_B and m in p.plan.trainable_modules)
               for m in p.plan.ranks} for c, p in enumerate(payloads)]  # fmt: skip
     params = [[w for m in sorted(p.plan.trainable_modules) for w in shims[c][m].parameters() if w.requires_grad] for c, p in enumerate(payloads)]
-    optimizers = [_make_optimizer(cfg, ps) for ps in params]
+    optimizers = [make_optimizer(cfg, ps) for ps in params]
     schedules = [batch_schedule(len(d), cfg.batch_size, steps, torch.Generator().manual_seed(seed),
                                 [len(x["input_ids"]) for x in d] if cfg.group_by_length else None)
                  for d, (_, _, seed) in zip(data, jobs)]  # fmt: skip
     rows: list[tuple[int, int]] = []
     originals = {}
     device = trainer.device
-    with trainer._guard():
+    with trainer.guard():
         try:
             for m in sorted({m for p in payloads for m in p.plan.ranks}):
                 parent_path, child = split_path(m)
@@ -134,7 +133,7 @@ def train_lockstep(trainer: Any, jobs: Sequence[tuple[Payload, Sequence, int]], 
                 setattr(parent, child, _Routed(originals[m][2], routed, rows))
             losses = [[] for _ in jobs]
             penalties = [[] for _ in jobs]
-            with _training_mode(model, False):
+            with training_mode(model, False):
                 for step in range(steps):
                     items, rows[:] = [], []
                     for c, d in enumerate(data):

@@ -24,6 +24,7 @@ from fedlora.client.base_delta import BaseDelta
 from fedlora.client.layer_pool import LoraLayerPool
 from fedlora.client.peft_bridge import ADAPTER_NAME, plan_of_adapter
 from fedlora.client.rules import client_rules, select_trainable, total_penalty
+from fedlora.client.step import batch_schedule, make_optimizer, seeded, training_mode
 from fedlora.data.example import Example
 from fedlora.data.formatting import IGNORE_INDEX, collate, encode_example
 from fedlora.lora.factors import Adapter, LoraFactors, Update
@@ -91,32 +92,6 @@ class TrainConfig:
         return cls(**dict(data))
 
 
-def batch_schedule(n: int, batch_size: int, steps: int, generator: torch.Generator,
-                   lengths: Sequence[int] | None = None, window: int = 16) -> list[list[int]]:  # fmt: skip
-    """Indices of ``steps`` batches of ``min(batch_size, n)``: consecutive slices of a stream of
-    random permutations of ``range(n)`` (the data cycles, each epoch reshuffled).
-
-    With ``lengths`` (tokens per example), each run of ``window`` batches of the stream is sorted by
-    length before it is cut into batches, whose order is then shuffled (as transformers'
-    ``group_by_length``): every example is still seen once per epoch, and a batch pads to a length
-    close to its own examples'.
-    """
-    size = min(batch_size, n)
-    stream: list[int] = []
-    while len(stream) < size * steps:
-        stream.extend(torch.randperm(n, generator=generator).tolist())
-    stream = stream[: size * steps]
-    if lengths is None:
-        return [stream[i * size : (i + 1) * size] for i in range(steps)]
-    batches: list[list[int]] = []
-    for start in range(0, len(stream), size * window):
-        chunk = sorted(stream[start : start + size * window], key=lambda i: (lengths[i], i))
-        group = [chunk[i : i + size] for i in range(0, len(chunk), size)]
-        order = torch.randperm(len(group), generator=generator).tolist()
-        batches.extend(group[j] for j in order)
-    return batches
-
-
 class LocalTrainer:
     """Trains simulated clients one after another on one shared, frozen base model.
 
@@ -160,11 +135,11 @@ class LocalTrainer:
         if not trainable or not (payload.train_A or payload.train_B):
             raise ValueError(f"client {plan.client_id!r} has nothing to train (trainable modules: {len(trainable)}, "
                              f"train_A={payload.train_A}, train_B={payload.train_B}); give it at least one trainable factor")
-        data = self._encode(examples, plan.client_id)
+        data = self.encode(examples, plan.client_id)
         self.base.apply(payload.base_delta, ("version", payload.base_delta_version) if payload.base_delta else None)
-        factors = self._initial_factors(payload)
+        factors = self.initial_factors(payload)
         rules = client_rules(payload.options)
-        with self._guard(), self.layers.installed(plan, factors, dropout=cfg.dropout, trainable=trainable,
+        with self.guard(), self.layers.installed(plan, factors, dropout=cfg.dropout, trainable=trainable,
                                                   train_A=payload.train_A, train_B=payload.train_B) as layers:
             setup = time.perf_counter() - start
             with decoder_layer_subset(self.model, payload.options.get("submodel_layers")):
@@ -207,7 +182,7 @@ class LocalTrainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            with self._guard():
+            with self.guard():
                 if not adapter:
                     yield self.model
                 else:
@@ -223,7 +198,7 @@ class LocalTrainer:
     # ------------------------------------------------------------------ internals
 
     @contextmanager
-    def _guard(self) -> Iterator[None]:
+    def guard(self) -> Iterator[None]:
         if self._busy:
             raise RuntimeError("an adapter is already installed on the shared model (nested train/use_adapter); "
                                "finish the use_adapter block before training or installing another adapter")
@@ -233,7 +208,7 @@ class LocalTrainer:
         finally:
             self._busy = False
 
-    def _encode(self, examples: Sequence[Example], client_id: str) -> list[dict[str, list[int]]]:
+    def encode(self, examples: Sequence[Example], client_id: str) -> list[dict[str, list[int]]]:
         if not examples:
             raise ValueError(f"client {client_id!r} has no training examples; drop it from the round or give it data")
         encoded = [encode_example(self.tokenizer, ex, self.config.max_length) for ex in examples]
@@ -255,7 +230,7 @@ class LocalTrainer:
 
         return score
 
-    def _initial_factors(self, payload: Payload) -> Adapter:
+    def initial_factors(self, payload: Payload) -> Adapter:
         """Payload factors expressed at the plan's alpha, fresh inits for the rest."""
         plan, out = payload.plan, {}
         for m in sorted(plan.ranks):
@@ -280,14 +255,14 @@ class LocalTrainer:
         cfg, model = self.config, self.model
         modules = sorted(trainable)
         params = [p for m in modules for p in layers[m].parameters() if p.requires_grad]
-        optimizer = _make_optimizer(cfg, params)
+        optimizer = make_optimizer(cfg, params)
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ValueError(f"steps must be an int >= 1 (or None for config.local_steps), got {steps!r}")
         lengths = [len(d["input_ids"]) for d in data] if cfg.group_by_length else None
         batches = batch_schedule(len(data), cfg.batch_size, steps or cfg.local_steps, torch.Generator().manual_seed(client_seed), lengths)
         pad_id, device = self.tokenizer.pad_token_id, self.device
         losses, penalties = [], []
-        with _training_mode(model, cfg.grad_checkpointing), _seeded(client_seed, device):
+        with training_mode(model, cfg.grad_checkpointing), seeded(client_seed, device):
             for idx in batches:
                 batch = {k: v.to(device) for k, v in collate([data[i] for i in idx], pad_id).items()}
                 loss = answer_loss(model, batch)
@@ -363,33 +338,3 @@ def _weight(layer, name: str) -> torch.Tensor:
     return getattr(layer, name)[ADAPTER_NAME].weight.detach().to("cpu", torch.float32).clone()
 
 
-def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-@contextmanager
-def _training_mode(model: torch.nn.Module, grad_checkpointing: bool) -> Iterator[None]:
-    was_training = model.training
-    model.train()
-    new_api = hasattr(model, "activation_checkpointing_enable")  # transformers >= 5 renamed it
-    if grad_checkpointing and new_api:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    elif grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    try:
-        yield
-    finally:
-        if grad_checkpointing:
-            model.activation_checkpointing_disable() if new_api else model.gradient_checkpointing_disable()
-        model.train(was_training)
-
-
-@contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed the global RNG (dropout) for the block, restoring the caller's RNG state after."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield

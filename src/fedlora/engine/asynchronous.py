@@ -30,10 +30,9 @@ from typing import Any, Mapping, Sequence
 from fedlora.lora.factors import Adapter, LoraFactors, Update
 from fedlora.lora.linalg import init_lora_factors, rescale_alpha
 from fedlora.strategies.base import Payload
+from fedlora.strategies.registry import ASYNC_METHODS  # re-exported: the list lives with the registry
 
 __all__ = ["ASYNC_METHODS", "InFlight", "AsyncState", "rebase_update", "staleness_weight"]
-
-ASYNC_METHODS = ("fedit", "ffa", "flexlora", "hetlora", "fedprox")
 
 
 def staleness_weight(staleness: int, exponent: float) -> float:

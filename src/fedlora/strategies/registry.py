@@ -12,7 +12,7 @@ from typing import Any
 
 from fedlora.strategies.base import Strategy
 
-__all__ = ["STRATEGY_NAMES", "strategy_class", "make_strategy"]
+__all__ = ["STRATEGY_NAMES", "strategy_class", "make_strategy", "ASYNC_METHODS"]
 
 STRATEGY_NAMES: tuple[str, ...] = ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd",
                                    "lorafair", "fedmomentum", "slora", "fedsa", "feddpa", "fedra", "fedhello", "fedrot", "fedprox", "local")
@@ -76,3 +76,8 @@ def make_strategy(name: str, **kwargs: Any) -> Strategy:
         return cls(**kwargs)
     except TypeError as err:
         raise ValueError(f"strategy {name!r} ({cls.__name__}) rejected its arguments {sorted(kwargs)}: {err}") from err
+
+
+ASYNC_METHODS = ("fedit", "ffa", "flexlora", "hetlora", "fedprox")
+"""Methods that run in ``run.mode = "async"`` (``fedlora.engine.asynchronous``): their rounds only move the
+factors a stale update can be rebased onto."""
