@@ -12,7 +12,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 FLOORS = {
-    "modelspec": 0, "testing": 0,
+    "modelspec": 0, "testing": 0, "errors": 0, "units": 0, "catalogue": 0,
     "allocation": 1, "models": 1,
     "lora": 2, "data": 2,
     "strategies": 3, "eval": 3,

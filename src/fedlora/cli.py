@@ -75,11 +75,12 @@ def _dispatch(module_name: str, argv: list[str], what: str) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedlora.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # every config error is reported before the training stack loads
     from fedlora.engine.progress import Progress, RichProgress
     from fedlora.engine.run import Engine
     from fedlora.report import print_summary
 
-    cfg = load_config(args.config, args.overrides)
     progress = Progress() if args.quiet else RichProgress()
     result = Engine(cfg, args.out, progress=progress).run(resume=args.resume)
     print_summary(result.summary, _console(), title=f"{cfg.run.name} ({cfg.strategy.name})")
@@ -166,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch("fedlora.bench", argv[1:], "bench")
     args = build_parser().parse_args(argv)
     from fedlora.config import ConfigError
-    from fedlora.engine.run import RunError
+    from fedlora.errors import RunError
 
     try:
         return _COMMANDS[args.command](args)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import math
 import tomllib
 import types
@@ -291,7 +290,14 @@ def _kind(value: Any) -> str:
 
 
 def _suggest(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    """``"; did you mean 'x'?"`` for the option closest to ``word`` (spelling, or an option that the word
+    starts or ends with, as in ``lr_typo`` for ``lr``), else ``""``."""
+    opts = [str(o) for o in options]
+    close = difflib.get_close_matches(str(word), opts, n=1, cutoff=0.6)
+    if not close:
+        w = str(word).lower()
+        close = sorted((o for o in opts if len(o) >= 2 and (w.startswith(o.lower() + "_") or w.endswith("_" + o.lower()))),
+                       key=len, reverse=True)[:1]  # fmt: skip
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -344,16 +350,14 @@ def _build_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
 
 
 def _strategy_errors(s: StrategySection) -> list[str]:
-    from fedlora.strategies.registry import STRATEGY_NAMES, strategy_class
+    from fedlora.catalogue import STRATEGY_NAMES, method_facts
 
     if s.name not in STRATEGY_NAMES:
         return []
     try:
-        cls = strategy_class(s.name)
-    except ImportError as err:
-        return [f"strategy.name = {s.name!r}: {err}"]
-    params = inspect.signature(cls).parameters
-    allowed = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in ("seed", "shapes")]
+        allowed = list(method_facts(s.name).arguments)
+    except FileNotFoundError:
+        return [f"strategy.name = {s.name!r}: its module is not available in this installation"]
     errors = []
     for key in s.params:
         if key not in allowed:
@@ -366,7 +370,7 @@ def _strategy_errors(s: StrategySection) -> list[str]:
 def _async_errors(cfg: "Config") -> list[str]:
     if cfg.run.mode != "async":
         return []
-    from fedlora.strategies.registry import ASYNC_METHODS
+    from fedlora.catalogue import ASYNC_METHODS
 
     name, errors = cfg.strategy.name, []
     base = str(cfg.strategy.params.get("base", "fedit")).lower() if name == "fedprox" else name
@@ -386,7 +390,7 @@ def _async_errors(cfg: "Config") -> list[str]:
 def needs_one_rank(cfg: "Config") -> bool:
     """Whether ``strategy.name`` needs one rank per module across clients (its ``heterogeneous_ranks``
     is false; FedProx answers for its ``base`` method)."""
-    from fedlora.strategies.registry import STRATEGY_NAMES, strategy_class
+    from fedlora.catalogue import STRATEGY_NAMES, method_facts
 
     name = cfg.strategy.name
     if name == "fedprox":
@@ -394,8 +398,8 @@ def needs_one_rank(cfg: "Config") -> bool:
     if name not in STRATEGY_NAMES:
         return False
     try:
-        return not getattr(strategy_class(name), "heterogeneous_ranks", True)
-    except ImportError:
+        return not method_facts(name).heterogeneous_ranks
+    except FileNotFoundError:
         return False
 
 
@@ -446,7 +450,7 @@ def _clients_errors(cfg: "Config") -> list[str]:
 
 
 def _budget_errors(c: ClientsSection) -> list[str]:
-    from fedlora.allocation.profiles import parse_bytes
+    from fedlora.units import parse_bytes
 
     errors = []
     for key, values in (("budget_low", [c.budget_low]), ("budget_high", [c.budget_high]), ("budgets", c.budgets)):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from fedlora.errors import RunError  # re-exported: defined without heavy imports for the CLI
 from fedlora.config import Config, config_to_dict, dumps_toml
 from fedlora.engine import build
 from fedlora.engine.asynchronous import AsyncState, InFlight, rebase_update, staleness_weight
@@ -40,10 +41,6 @@ __all__ = ["RunError", "RunResult", "Engine", "run_dir_for", "adapter_bytes", "p
 CONFIG_FILE = "config.toml"
 SUMMARY_FILE = "summary.json"
 ERRORS_FILE = "client_errors.log"
-
-
-class RunError(RuntimeError):
-    """A run cannot start or continue as asked (the message says why and what to do)."""
 
 
 @dataclass

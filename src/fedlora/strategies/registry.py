@@ -10,35 +10,12 @@ import difflib
 import importlib
 from typing import Any
 
+from fedlora.catalogue import ASYNC_METHODS, LOCATIONS, STRATEGY_NAMES
 from fedlora.strategies.base import Strategy
 
 __all__ = ["STRATEGY_NAMES", "strategy_class", "make_strategy", "ASYNC_METHODS"]
 
-STRATEGY_NAMES: tuple[str, ...] = ("fedit", "flexlora", "hetlora", "flora", "ffa", "fedpilot", "fedex", "rolora", "fedsvd",
-                                   "lorafair", "fedmomentum", "slora", "fedsa", "feddpa", "fedra", "fedhello", "fedrot", "fedprox", "local")
-"""Every registered federated LoRA method, in the order reports list them."""
-
-_LOCATIONS: dict[str, tuple[str, str]] = {
-    "fedit": ("fedlora.strategies.fedit", "FedIT"),
-    "flexlora": ("fedlora.strategies.flexlora", "FlexLoRA"),
-    "hetlora": ("fedlora.strategies.hetlora", "HetLoRA"),
-    "flora": ("fedlora.strategies.flora", "FLoRA"),
-    "ffa": ("fedlora.strategies.ffa", "FFALoRA"),
-    "fedpilot": ("fedlora.strategies.fedpilot", "FedPilot"),
-    "fedex": ("fedlora.strategies.fedex", "FedExLoRA"),
-    "rolora": ("fedlora.strategies.rolora", "RoLoRA"),
-    "fedsvd": ("fedlora.strategies.fedsvd", "FedSVD"),
-    "lorafair": ("fedlora.strategies.lorafair", "LoRAFAIR"),
-    "fedmomentum": ("fedlora.strategies.fedmomentum", "FedMomentum"),
-    "slora": ("fedlora.strategies.slora", "SLoRA"),
-    "fedsa": ("fedlora.strategies.fedsa", "FedSALoRA"),
-    "feddpa": ("fedlora.strategies.feddpa", "FedDPA"),
-    "fedra": ("fedlora.strategies.fedra", "FedRA"),
-    "fedhello": ("fedlora.strategies.fedhello", "FedHeLLo"),
-    "fedrot": ("fedlora.strategies.fedrot", "FedRotLoRA"),
-    "fedprox": ("fedlora.strategies.fedprox", "FedProx"),
-    "local": ("fedlora.strategies.local", "LocalOnly"),
-}
+_LOCATIONS = LOCATIONS
 
 
 def strategy_class(name: str) -> type:
@@ -76,8 +53,3 @@ def make_strategy(name: str, **kwargs: Any) -> Strategy:
         return cls(**kwargs)
     except TypeError as err:
         raise ValueError(f"strategy {name!r} ({cls.__name__}) rejected its arguments {sorted(kwargs)}: {err}") from err
-
-
-ASYNC_METHODS = ("fedit", "ffa", "flexlora", "hetlora", "fedprox")
-"""Methods that run in ``run.mode = "async"`` (``fedlora.engine.asynchronous``): their rounds only move the
-factors a stale update can be rebased onto."""
