@@ -115,3 +115,42 @@ def test_data_problems_exit_2_with_the_reason(tmp_path, capsys):
     assert main(["run", TINY, "--out", str(tmp_path / "r"), "--quiet", "--set", "data.num_clients=5000"]) == 2
     err = capsys.readouterr().err
     assert "[data]" in err and "5000" in err and "Traceback" not in err
+
+
+def test_quiet_resume_after_a_corrupted_checkpoint_still_warns_and_records_it(run_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    assert main(["run", TINY, "--out", str(copy), "--quiet", *FAST, "--set", "run.rounds=2", "--resume"]) == 0
+    newest = copy / "checkpoint.pt"
+    raw = bytearray(newest.read_bytes())
+    raw[-100] ^= 0x01
+    newest.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(["run", TINY, "--out", str(copy), "--quiet", *FAST, "--set", "run.rounds=2", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "fedlora: warning: checkpoint" in err and "falling back to checkpoint.1.pt" in err
+    warnings = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines() if '"warning"' in line]
+    assert warnings and "falling back" in warnings[-1]["text"]
+
+
+def test_resume_of_a_missing_folder_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "never-ran"
+    assert main(["run", TINY, "--out", str(missing), "--quiet", "--resume", *FAST]) == 2
+    assert "does not exist" in capsys.readouterr().err and not missing.exists()
+
+
+def test_report_and_export_of_an_unfinished_run_warn(tmp_path, capsys):
+    from fedlora.config import load_config
+    from fedlora.engine.run import Engine
+
+    overrides = [v for v in FAST if v != "--set" and not v.startswith("run.rounds")] + ["run.rounds=3"]
+    run = tmp_path / "stopped"
+    Engine(load_config(TINY, overrides), run).run(stop_after=1)  # killed after round 1 of 3
+    capsys.readouterr()
+    assert main(["report", str(run), "--plots", str(tmp_path / "plots")]) == 0
+    assert "is unfinished: 1 of 3 rounds" in capsys.readouterr().err
+    assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
+    assert "exported the checkpoint after round 1 of 3" in capsys.readouterr().err

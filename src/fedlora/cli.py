@@ -121,12 +121,38 @@ def _run_label(run_dir: Path) -> str:
     return run_dir.name if strategy in run_dir.name else f"{run_dir.name} ({strategy})"
 
 
+def _warn(text: str) -> None:
+    print(f"fedlora: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _planned_rounds(run_dir: Path) -> int | None:
+    import tomllib
+
+    try:
+        return int(tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))["run"]["rounds"])
+    except (OSError, KeyError, ValueError, tomllib.TOMLDecodeError):
+        return None
+
+
+def _unfinished(run_dir: Path, records: list[dict]) -> str | None:
+    """A warning when the run stopped before its planned rounds (its figures are of an earlier model)."""
+    planned, done = _planned_rounds(run_dir), max((int(r["round"]) for r in records if r.get("type") == "round"), default=0)
+    if planned is None or done >= planned:
+        return None
+    return (f"{run_dir} is unfinished: {done} of {planned} rounds; these figures are after round {done} "
+            f"(`fedlora run {run_dir / 'config.toml'} --out {run_dir} --resume` continues it)")
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from fedlora.engine.metrics_log import read_metrics
     from fedlora.report import compare_table, plot_run, print_summary, run_summary
 
     dirs = [Path(d) for d in args.run_dirs]
     records = {d: read_metrics(d) for d in dirs}
+    for d, recs in records.items():
+        note = _unfinished(d, recs)
+        if note:
+            _warn(note)
     if len(dirs) > 1:
         _console().print(compare_table({_run_label(d): run_summary(r) for d, r in records.items()}))
         return 0
@@ -145,6 +171,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"fedlora export: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if paths["round"] < paths["rounds"]:
+        _warn(f"{args.run_dir} is unfinished: exported the checkpoint after round {paths['round']} of {paths['rounds']}")
     for kind in ("adapter", "merged"):
         if kind in paths:
             print(f"{kind}: {paths[kind]}")

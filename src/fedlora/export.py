@@ -77,7 +77,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, merged: bo
         client: export this client's personalised adapter instead (FedSA-LoRA, FedDPA).
 
     Returns:
-        ``{"adapter": path}`` plus ``"merged"`` when asked, and ``energy``/``energy_min`` with ``rank``.
+        ``{"adapter": path, "round": the checkpoint's round, "rounds": the run's planned rounds}`` plus
+        ``"merged"`` when asked, and ``energy``/``energy_min`` with ``rank``.
     """
     from fedlora.client.peft_bridge import save_peft_adapter
 
@@ -89,7 +90,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, merged: bo
     energy: dict[str, float] = {}
     if rank is not None:
         adapter, energy["energy"], energy["energy_min"] = truncate_adapter(adapter, rank)
-    paths: dict[str, Any] = {"adapter": save_peft_adapter(adapter, out / "adapter", base_name), **energy}
+    paths: dict[str, Any] = {"adapter": save_peft_adapter(adapter, out / "adapter", base_name), **energy, "round": round_,
+                             "rounds": cfg.run.rounds}  # fmt: skip
     if merged:
         paths["merged"] = _save_merged(paths["adapter"], out / "merged", model_and_tokenizer or load_base_model(cfg.model))
     return paths

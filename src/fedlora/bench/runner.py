@@ -114,6 +114,9 @@ class LineProgress:
     def message(self, text: str) -> None:
         self._print(text)
 
+    def warning(self, text: str) -> None:
+        self._print(f"WARNING: {text}")
+
     def __getattr__(self, name: str) -> Callable[..., None]:  # every other hook of fedlora.engine.progress.Progress
         return lambda *args, **kwargs: None
 

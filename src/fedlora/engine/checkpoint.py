@@ -135,7 +135,7 @@ def load_checkpoint(run_dir: str | Path, *, warn: Callable[[str], None] | None =
     Raises:
         CheckpointError: checkpoint files exist but none of them can be read.
     """
-    warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
+    warn = warn or (lambda text: print(f"fedlora: warning: {text}", file=sys.stderr, flush=True))
     files = checkpoint_files(run_dir)
     problems = []
     for i, path in enumerate(files):
@@ -144,7 +144,7 @@ def load_checkpoint(run_dir: str | Path, *, warn: Callable[[str], None] | None =
         except CheckpointError as err:
             problems.append(f"{path} {err}")
             following = f"falling back to {files[i + 1].name}" if i + 1 < len(files) else "no older checkpoint is left"
-            warn(f"fedlora: checkpoint {path} {err}; {following}")
+            warn(f"checkpoint {path} {err}; {following}")
             continue
         return state
     if problems:

@@ -1,5 +1,8 @@
 """Progress reporting of a run: silent (:class:`Progress`) or live with rich (:class:`RichProgress`).
 
+Warnings are a separate channel: :meth:`Progress.warning` prints to standard error even in the silent
+progress (``--quiet``), and the engine also records each one in ``metrics.jsonl`` (``type: warning``).
+
 ``RichProgress`` shows an overall bar over every local step of the run (with ETA), a bar for the
 current client (step, loss) and one for evaluation, and prints one line per client, evaluation
 and round above them; on a non-terminal console only those lines appear.
@@ -7,6 +10,7 @@ and round above them; on a non-terminal console only those lines appear.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 __all__ = ["Progress", "RichProgress", "format_bytes"]
@@ -34,6 +38,11 @@ class Progress:
     def round_end(self, record: dict) -> None: ...
     def message(self, text: str) -> None: ...
     def close(self) -> None: ...
+
+    def warning(self, text: str) -> None:
+        """Something the user must know (a checkpoint skipped, an update rejected, clients dropped): always
+        on standard error, however quiet the progress is."""
+        print(f"fedlora: warning: {text}", file=sys.stderr, flush=True)
 
 
 def _client_line(r: dict) -> str:
@@ -115,6 +124,9 @@ class RichProgress(Progress):
 
     def message(self, text: str) -> None:
         self.console.print(text)
+
+    def warning(self, text: str) -> None:
+        self.console.print(f"[bold yellow]warning[/]: {text}")
 
     def close(self) -> None:
         self.bars.stop()

@@ -137,6 +137,7 @@ class Engine:
         self._model_and_tokenizer = model_and_tokenizer
         self.data: FederatedData | None = None
         self.log: MetricsLog | None = None  # opened by run()
+        self._pending_warnings: list[dict] = []  # warnings before the log is open (a checkpoint fallback)
 
     # ------------------------------------------------------------------ setup
 
@@ -192,7 +193,7 @@ class Engine:
 
     def _prepare(self, resume: bool) -> dict | None:
         try:
-            ckpt = load_checkpoint(self.run_dir, warn=self.progress.message)
+            ckpt = load_checkpoint(self.run_dir, warn=self.warn)
         except CheckpointError as err:
             raise RunError(str(err)) from None
         history = self.run_dir / METRICS_FILE
@@ -214,9 +215,22 @@ class Engine:
         (self.run_dir / CONFIG_FILE).write_text(dumps_toml(config_to_dict(self.cfg)), encoding="utf-8")
         return ckpt
 
+    def warn(self, text: str, server_round: int | None = None) -> None:
+        """A warning: on standard error whatever the progress (``--quiet`` too), and a ``warning`` record in
+        ``metrics.jsonl`` (kept until the log is open when it comes before, as a checkpoint fallback does)."""
+        self.progress.warning(text)
+        record = {"type": "warning", "round": server_round, "text": text}
+        if getattr(self, "log", None) is None:
+            self._pending_warnings.append(record)
+        else:
+            self.log.append(record)
+
     def _restore(self, ckpt: dict | None) -> int:
         """Load a checkpoint's state (or start fresh); the first round to run."""
         self.log = MetricsLog(self.run_dir / METRICS_FILE, ckpt["records"] if ckpt else ())
+        for record in self._pending_warnings:
+            self.log.append(record)
+        self._pending_warnings.clear()
         self._elapsed_before = float(ckpt["elapsed"]) if ckpt else 0.0
         if ckpt is None:
             return 1
@@ -234,6 +248,9 @@ class Engine:
         """Run (or resume) every round; ``stop_after=k`` stops after round ``k`` as if killed there
         (``stop_after=0``: evaluate the untrained base model only). The run folder is locked meanwhile."""
         self.check()
+        if resume and not self.run_dir.is_dir():
+            raise RunError(f"--resume: {self.run_dir} does not exist, so there is no run to continue; run without --resume "
+                           "to start it, or point --out at the folder of the run to continue")  # fmt: skip
         lock = RunLock(self.run_dir)
         try:
             lock.acquire()
@@ -378,7 +395,7 @@ class Engine:
             try:
                 updates = self.trainer.train_lockstep(jobs, steps=steps, on_step=self.progress.step)
             except Exception as err:  # the group trains sequentially instead; nothing is lost
-                self.progress.message(f"round {server_round}: lockstep training failed ({_error_summary(err)}); training sequentially")
+                self.warn(f"round {server_round}: lockstep training failed ({_error_summary(err)}); training sequentially")
                 continue
             for c, update in zip(group, updates):
                 m = update.metrics
@@ -421,6 +438,10 @@ class Engine:
 
     def _log_round(self, server_round: int, records: list[dict], result: Any, seconds: float, sim_seconds: float) -> None:
         ok = [r for r in records if r["status"] == "ok"]
+        for r in records:
+            if r["status"] in ("failed", "rejected", "straggler"):
+                what = {"failed": "failed", "rejected": "update rejected", "straggler": "dropped (straggler)"}[r["status"]]
+                self.warn(f"round {server_round}: client {r['client']} {what}: {r.get('error', '')}", server_round)
         previous = next((r for r in reversed(self.log.records) if r.get("type") == "round"), None)
         record = {
             "type": "round", "round": server_round, "clients": [r["client"] for r in records], "accepted": len(ok),
