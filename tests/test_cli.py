@@ -154,3 +154,7 @@ def test_report_and_export_of_an_unfinished_run_warn(tmp_path, capsys):
     assert "is unfinished: 1 of 3 rounds" in capsys.readouterr().err
     assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
     assert "exported the checkpoint after round 1 of 3" in capsys.readouterr().err
+    import json
+
+    record = json.loads((tmp_path / "export" / "adapter" / "fedlora_export.json").read_text())
+    assert record["local_source"] == "tiny" and (record["round"], record["rounds"]) == (1, 3)

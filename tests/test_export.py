@@ -187,3 +187,11 @@ def test_eval_checkpoint_reproduces_the_runs_own_evaluation_of_each_kept_round(d
     assert "round 1 (checkpoint.1.pt), eval: rougeL" in out and "the run's own log, round 1" in out
     with pytest.raises(FileNotFoundError, match="checkpoint.2.pt does not exist; the run keeps checkpoint.pt, checkpoint.1.pt"):
         script.evaluate_checkpoint(engine.run_dir, 2)
+
+
+def test_an_exported_adapter_names_the_hub_id_and_records_the_local_source():
+    from fedlora.config import ModelSection
+    from fedlora.engine.build import model_name_or_path
+
+    assert model_name_or_path(ModelSection(name="bundled:smollm2")) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert model_name_or_path(ModelSection(name="Qwen/Qwen2.5-0.5B")) == "Qwen/Qwen2.5-0.5B"

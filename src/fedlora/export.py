@@ -8,11 +8,13 @@ evaluation model exactly (heterogeneous per-module ranks go to ``rank_pattern``/
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
 from fedlora.config import Config, parse_config
-from fedlora.engine.build import TINY_MODEL, build_strategy, load_base_model, model_name_or_path
+from fedlora.engine.build import TINY_MODEL, build_strategy, load_base_model, model_local_source, model_name_or_path
 from fedlora.engine.checkpoint import load_checkpoint
 from fedlora.lora.factors import Adapter
 
@@ -92,6 +94,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, merged: bo
         adapter, energy["energy"], energy["energy_min"] = truncate_adapter(adapter, rank)
     paths: dict[str, Any] = {"adapter": save_peft_adapter(adapter, out / "adapter", base_name), **energy, "round": round_,
                              "rounds": cfg.run.rounds}  # fmt: skip
+    source = {"base_model_name_or_path": base_name, "local_source": model_local_source(cfg.model), "model": cfg.model.name,
+              "round": round_, "rounds": cfg.run.rounds, "rank": rank}  # fmt: skip
+    (paths["adapter"] / "fedlora_export.json").write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
     if merged:
         paths["merged"] = _save_merged(paths["adapter"], out / "merged", model_and_tokenizer or load_base_model(cfg.model))
     return paths

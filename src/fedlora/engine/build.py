@@ -13,7 +13,7 @@ from fedlora.config import Config, ModelSection
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies.base import Strategy
 
-__all__ = ["TINY_MODEL", "choose_threads", "load_base_model", "model_name_or_path", "build_spec", "build_strategy", "build_train_config", "eval_kwargs"]
+__all__ = ["TINY_MODEL", "choose_threads", "load_base_model", "model_name_or_path", "model_local_source", "build_spec", "build_strategy", "build_train_config", "eval_kwargs"]
 
 TINY_MODEL = "tiny"
 """``model.name`` of the random 2-layer Llama (``fedlora.testing.tiny_llama``), for tests and smoke runs."""
@@ -50,7 +50,17 @@ def load_base_model(m: ModelSection) -> tuple[Any, Any]:
 
 
 def model_name_or_path(m: ModelSection) -> str:
-    """What an exported adapter records as its base model: the cached folder for bundled models."""
+    """What an exported adapter records as its base model: the hub id (a bundled model's upstream id, so the
+    adapter loads anywhere; :func:`model_local_source` says where this machine read it)."""
+    if m.name.startswith("bundled:"):
+        from fedlora.models import BUNDLED_HUB_IDS
+
+        return BUNDLED_HUB_IDS[m.name]
+    return m.name
+
+
+def model_local_source(m: ModelSection) -> str:
+    """Where this machine loads ``[model]`` from: the cached folder of a bundled model, else its name."""
     if m.name.startswith("bundled:"):
         from fedlora.models import bundled_smollm2_path
 
