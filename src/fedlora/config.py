@@ -74,6 +74,9 @@ class RunSection:
     eval_every: int = opt(1, "evaluate the global adapter every k rounds (round 0 and the last round always); 0: only those", ge=0)
     eval_last: int = opt(0, "also evaluate after each of the last k rounds (a bench endpoint that averages the "
                          "last k rounds evaluates only those); 0: none beyond eval_every", ge=0)
+    log_to: list[str] = opt([], "experiment trackers that mirror every metric of metrics.jsonl (which stays the source of "
+                            "truth): any of 'tensorboard', 'mlflow', 'wandb' (offline); optional extras, see fedlora.engine.tracking",
+                            choices=("tensorboard", "mlflow", "wandb"))
     checkpoint_every: int = opt(1, "write a resumable checkpoint every k rounds (the last round always)", ge=1)
     keep_checkpoints: int = opt(2, "checkpoints kept (checkpoint.pt, checkpoint.1.pt, ...): a corrupt newest one falls back "
                                 "to the previous", ge=1)
@@ -309,7 +312,11 @@ def _check_value(key: str, value: Any, tp: Any, meta: Mapping) -> str | None:
         found = f"{bad!r} is {_kind(bad)}" if bad is not None else f"got {_kind(value)}"
         return f"{key} = {value!r}: must be {_describe(tp)}; {found}"
     choices = meta.get("choices")
-    if choices and value not in choices:
+    if choices and isinstance(value, list):
+        bad = [v for v in value if v not in choices]
+        if bad:
+            return f"{key} = {value!r}: {bad[0]!r} is not one of {', '.join(map(repr, choices))}{_suggest(bad[0], choices)}"
+    elif choices and value not in choices:
         return f"{key} = {value!r}: must be one of {', '.join(map(repr, choices))}{_suggest(value, choices)}"
     numbers = value if isinstance(value, list) else [value]
     for v in numbers:

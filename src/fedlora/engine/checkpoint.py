@@ -31,7 +31,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
 KEEP_DEFAULT = 2
 _MAGIC = b"FEDLORA-CHECKPOINT sha256="
-_MAY_CHANGE = {("run", "rounds"), ("run", "eval_every"), ("run", "eval_last"), ("run", "checkpoint_every"), ("run", "name"), ("run", "out_dir"),
+_MAY_CHANGE = {("run", "rounds"), ("run", "eval_every"), ("run", "eval_last"), ("run", "log_to"), ("run", "checkpoint_every"), ("run", "name"), ("run", "out_dir"),
                ("run", "threads"), ("run", "keep_checkpoints")}
 
 

@@ -22,7 +22,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Callable, Any, Iterable
 
 __all__ = ["METRICS_FILE", "MetricsLog", "read_metrics"]
 
@@ -45,6 +45,7 @@ class MetricsLog:
     def __init__(self, path: str | Path, records: Iterable[dict] = ()) -> None:
         self.path = Path(path)
         self.records: list[dict] = []
+        self.listeners: list[Callable[[dict], None]] = []  # called with each appended record (experiment trackers)
         self.reset(records)
 
     def reset(self, records: Iterable[dict]) -> None:
@@ -62,6 +63,8 @@ class MetricsLog:
         self.records.append(record)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        for listener in self.listeners:
+            listener(record)
         return record
 
     def of_type(self, kind: str) -> list[dict]:

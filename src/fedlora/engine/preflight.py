@@ -94,11 +94,27 @@ def _output_errors(run_dir: Path) -> list[str]:
     return []
 
 
+_TRACKER_MODULES = {"tensorboard": ("tensorboard", "pip install 'fedlora[tracking]'"), "mlflow": ("mlflow", "pip install mlflow"),
+                    "wandb": ("wandb", "pip install wandb")}  # fmt: skip
+
+
+def _tracker_errors(cfg: Config) -> list[str]:
+    """A tracker of ``run.log_to`` whose library is not installed is refused before the run, never skipped."""
+    import importlib.util
+
+    out = []
+    for name in cfg.run.log_to:
+        module, install = _TRACKER_MODULES[name]
+        if importlib.util.find_spec(module) is None:
+            out.append(f"run.log_to names {name!r} but {module} is not installed: {install}, or remove it from run.log_to")
+    return out
+
+
 def preflight(cfg: Config, run_dir: str | Path) -> list[str]:
-    """Every problem found with the model, the data paths and the run folder (empty: go)."""
-    return _model_errors(cfg.model.name) + _data_errors(cfg) + _output_errors(Path(run_dir))
+    """Every problem found with the model, the data paths, the trackers and the run folder (empty: go)."""
+    return _model_errors(cfg.model.name) + _data_errors(cfg) + _tracker_errors(cfg) + _output_errors(Path(run_dir))
 
 
 def preflight_data_and_output(cfg: Config, run_dir: str | Path) -> list[str]:
     """:func:`preflight` without the model (the caller passed an already loaded one)."""
-    return _data_errors(cfg) + _output_errors(Path(run_dir))
+    return _data_errors(cfg) + _tracker_errors(cfg) + _output_errors(Path(run_dir))

@@ -215,6 +215,26 @@ class Engine:
         (self.run_dir / CONFIG_FILE).write_text(dumps_toml(config_to_dict(self.cfg)), encoding="utf-8")
         return ckpt
 
+    def _attach_trackers(self) -> list:
+        """The ``run.log_to`` trackers (:mod:`fedlora.engine.tracking`), fed every record appended to the metrics log;
+        a tracker new to this run folder first receives the records written before it (a run resumed with it)."""
+        if not self.cfg.run.log_to:
+            return []
+        from fedlora.engine.tracking import make_trackers
+
+        fresh = {name: not (self.run_dir / "tracking" / name).exists() for name in self.cfg.run.log_to}
+        config = config_to_dict(self.cfg)
+        try:
+            trackers = make_trackers(self.cfg.run.log_to, self.run_dir, config, dumps_toml(config), self.cfg.run.name)
+        except ValueError as err:
+            raise RunError(str(err)) from None
+        for name, tracker in zip(self.cfg.run.log_to, trackers):
+            if fresh[name]:
+                for record in self.log.records:
+                    tracker.log(record)
+            self.log.listeners.append(tracker.log)
+        return trackers
+
     def warn(self, text: str, server_round: int | None = None) -> None:
         """A warning: on standard error whatever the progress (``--quiet`` too), and a ``warning`` record in
         ``metrics.jsonl`` (kept until the log is open when it comes before, as a checkpoint fallback does)."""
@@ -266,6 +286,7 @@ class Engine:
         ckpt = self._prepare(resume)
         self.setup()
         first = self._restore(ckpt)
+        trackers = self._attach_trackers()
         self._started = time.perf_counter()
         rounds = self.cfg.run.rounds
         if self.planner.needs_importance:
@@ -289,6 +310,8 @@ class Engine:
                     break
         finally:
             self.progress.close()
+            for tracker in trackers:
+                tracker.close()
             _set_threads(self._threads_before)  # the caller's setting comes back (library use, notebooks)
         return self._finish(last)
 
