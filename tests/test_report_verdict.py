@@ -26,3 +26,33 @@ def test_verdict_line_sets_accuracy_beside_the_majority_rate():
     (line,) = verdict_lines(run_summary(records))
     assert line.startswith("heldout: likelihood accuracy 0.500 ± 0.020 → 0.700 ± 0.020 (majority rate 0.550; after − majority +0.150)")
     assert ": better" in line and "Rouge-L 0.100 ± 0.010 → 0.100 ± 0.010: no change detected" in line
+
+
+def test_heldout_tasks_are_reported_related_apart_from_unrelated():
+    from fedlora.report import related_map, verdict_lines
+
+    before = {"accuracy": 0.5, "accuracy_se": 0.05, "task/word_sentiment/accuracy": 0.49, "task/word_sentiment/accuracy_se": 0.05,
+              "task/word_sentiment/majority": 0.51, "task/guardian_unscramble/rougeL": 0.30, "task/guardian_unscramble/rougeL_se": 0.03}
+    after = {"accuracy": 0.74, "accuracy_se": 0.044, "task/word_sentiment/accuracy": 0.74, "task/word_sentiment/accuracy_se": 0.044,
+             "task/word_sentiment/majority": 0.51, "task/guardian_unscramble/rougeL": 0.31, "task/guardian_unscramble/rougeL_se": 0.03}
+    summary = {"splits": {"heldout": {"before": before, "after": after}},
+               "heldout_related": related_map(["word_sentiment=rt_sentiment"])}  # fmt: skip
+    lines = verdict_lines(summary)
+    related = next(x for x in lines if x.startswith("heldout word_sentiment (related to training task rt_sentiment)"))
+    unrelated = next(x for x in lines if x.startswith("heldout guardian_unscramble (unrelated to every training task)"))
+    assert "better" in related and "majority rate 0.510" in related
+    assert "no change detected" in unrelated
+    assert len(verdict_lines({**summary, "heldout_related": {}})) == 1  # without the relation: one line for the split
+
+
+def test_the_accuracy_plot_draws_the_majority_rate(tmp_path, monkeypatch):
+    from fedlora import report
+
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or path)
+    records = [{"type": "eval", "split": "heldout", "round": r, "accuracy": a, "accuracy_se": 0.04, "majority": 0.51}
+               for r, a in ((0, 0.49), (5, 0.74))]  # fmt: skip
+    report._plot_eval(records, tmp_path / "eval.png")
+    (ax,) = figures[0].axes
+    majority = [line for line in ax.get_lines() if line.get_label() == "heldout majority rate"]
+    assert majority and list(majority[0].get_ydata()) == [0.51, 0.51]

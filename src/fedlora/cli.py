@@ -134,6 +134,17 @@ def _planned_rounds(run_dir: Path) -> int | None:
         return None
 
 
+def _related(run_dir: Path) -> dict[str, str]:
+    import tomllib
+
+    from fedlora.report import related_map
+
+    try:
+        return related_map(tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))["data"].get("heldout_related", []))
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return {}
+
+
 def _unfinished(run_dir: Path, records: list[dict]) -> str | None:
     """A warning when the run stopped before its planned rounds (its figures are of an earlier model)."""
     planned, done = _planned_rounds(run_dir), max((int(r["round"]) for r in records if r.get("type") == "round"), default=0)
@@ -157,7 +168,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         _console().print(compare_table({_run_label(d): run_summary(r) for d, r in records.items()}))
         return 0
     (run_dir, recs), = records.items()
-    print_summary(run_summary(recs), _console(), title=_run_label(run_dir))
+    print_summary(run_summary(recs) | {"heldout_related": _related(run_dir)}, _console(), title=_run_label(run_dir))
     plots = plot_run(recs, args.plots or run_dir / "plots")
     print("plots: " + ", ".join(str(p) for p in plots))
     return 0

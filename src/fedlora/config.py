@@ -130,6 +130,9 @@ class DataSection:
     tasks: list[str] = opt([], "only these tasks (empty: all); bundled task names are in fedlora.data.BUNDLED_TASKS")
     heldout_tasks: list[str] | None = opt(None, "tasks kept out of training and evaluated as unseen tasks; "
                                           "default: bundled -> ['bbc_lede', 'word_sentiment'], others -> none")
+    heldout_related: list[str] = opt([], "held-out tasks that are siblings of a training task (same labels or answer format), "
+                                     "as 'heldout=training' pairs, e.g. ['word_sentiment=rt_sentiment']: the verdicts report "
+                                     "them apart from the unrelated held-out tasks, whose transfer is the harder test")
     partition: str = opt("task", "how training examples go to clients: 'task' (whole tasks, FlexLoRA's setting), "
                          "'dirichlet' (task mixtures) or 'iid'", choices=("task", "dirichlet", "iid"))
     concentration: float = opt(0.5, "dirichlet: concentration (small: about one task per client; large: near IID)", gt=0)
@@ -483,6 +486,12 @@ def _data_errors(d: DataSection) -> list[str]:
     elif d.heldout_clients:
         errors.append(f"data.heldout_clients = {d.heldout_clients}: only read for source 'client_folder'; use "
                       "data.heldout_tasks for the other sources")
+    for pair in d.heldout_related:
+        held, sep, train = str(pair).partition("=")
+        if not sep or not held or not train:
+            errors.append(f"data.heldout_related: {pair!r} must be 'heldout_task=training_task', e.g. 'word_sentiment=rt_sentiment'")
+        elif d.heldout_tasks is not None and held not in d.heldout_tasks:
+            errors.append(f"data.heldout_related: {held!r} is not one of data.heldout_tasks {d.heldout_tasks}")
     if d.source == "bundled":
         for key in ("train_path", "eval_path", "heldout_path"):
             if getattr(d, key):

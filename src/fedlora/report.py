@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["SUMMARY_METRICS", "run_summary", "summary_table", "compare_table", "print_summary", "plot_run", "change_verdict",
-           "verdict_lines"]
+           "verdict_lines", "related_map"]
 
 SUMMARY_METRICS = ("accuracy", "majority", "rougeL", "rougeL_tf", "loss")
 """Metrics of each evaluation split shown before/after, with their ``_se`` (per-task rows add ``task/<name>/accuracy|rougeL``)."""
@@ -81,22 +81,44 @@ def change_verdict(before: dict, after: dict, metric: str) -> tuple[float, float
 
 
 def verdict_lines(summary: dict[str, Any]) -> list[str]:
-    """One line per split: accuracy against the majority rate and Rouge-L, before and after, and what changed."""
+    """One line per split: accuracy against the majority rate and Rouge-L, before and after, and what changed.
+
+    With ``summary["heldout_related"]`` (held-out task -> its sibling training task, from ``data.heldout_related``),
+    each held-out task also gets its own line, marked related (to which training task) or unrelated: a gain
+    on a sibling of a training task is transfer of that task, not to unseen tasks in general."""
     lines = []
+    related = summary.get("heldout_related") or {}
     for split, s in summary["splits"].items():
-        b, a = s["before"], s["after"]
-        parts = []
-        if "accuracy" in a:
-            v = change_verdict(b, a, "accuracy")
-            margin = a["accuracy"] - a.get("majority", float("nan"))
-            parts.append(f"likelihood accuracy {_pm(b, 'accuracy')} → {_pm(a, 'accuracy')} (majority rate {a.get('majority', float('nan')):.3f}; "
-                         f"after − majority {margin:+.3f}){'' if v is None else f': {v[2]} ({v[0]:+.3f} ± {1.96 * v[1]:.3f})'}")
-        if "rougeL" in a:
-            v = change_verdict(b, a, "rougeL")
-            parts.append(f"Rouge-L {_pm(b, 'rougeL')} → {_pm(a, 'rougeL')}{'' if v is None else f': {v[2]} ({v[0]:+.3f} ± {1.96 * v[1]:.3f})'}")
-        if parts:
-            lines.append(f"{split}: " + "; ".join(parts))
+        lines += _split_lines(split, s["before"], s["after"])
+        if split != "heldout" or not related:
+            continue
+        for task in sorted({k.split("/")[1] for k in s["after"] if k.startswith("task/")}):
+            kind = f"related to training task {related[task]}" if task in related else "unrelated to every training task"
+            lines += _split_lines(f"heldout {task} ({kind})", _task_part(s["before"], task), _task_part(s["after"], task))
     return lines
+
+
+def related_map(pairs: Sequence[str]) -> dict[str, str]:
+    """``data.heldout_related``'s ``'heldout=training'`` pairs as ``{heldout task: training task}``."""
+    return dict(str(p).split("=", 1) for p in pairs if "=" in str(p))
+
+
+def _task_part(metrics: dict, task: str) -> dict:
+    prefix = f"task/{task}/"
+    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def _split_lines(label: str, b: dict, a: dict) -> list[str]:
+    parts = []
+    if "accuracy" in a:
+        v = change_verdict(b, a, "accuracy")
+        margin = a["accuracy"] - a.get("majority", float("nan"))
+        parts.append(f"likelihood accuracy {_pm(b, 'accuracy')} → {_pm(a, 'accuracy')} (majority rate {a.get('majority', float('nan')):.3f}; "
+                     f"after − majority {margin:+.3f}){'' if v is None else f': {v[2]} ({v[0]:+.3f} ± {1.96 * v[1]:.3f})'}")
+    if "rougeL" in a:
+        v = change_verdict(b, a, "rougeL")
+        parts.append(f"Rouge-L {_pm(b, 'rougeL')} → {_pm(a, 'rougeL')}{'' if v is None else f': {v[2]} ({v[0]:+.3f} ± {1.96 * v[1]:.3f})'}")
+    return [f"{label}: " + "; ".join(parts)] if parts else []
 
 
 def _pm(record: dict, metric: str) -> str:
@@ -216,7 +238,10 @@ def _plot_eval(records: Sequence[dict], path: Path) -> Path | None:
             points = [(r["round"], r[metric], r.get(f"{metric}_se") or 0.0) for r in _evals(records, split) if r.get(metric) is not None]
             if points:
                 xs, ys, se = zip(*points)
-                ax.errorbar(xs, ys, yerr=[1.96 * e for e in se], marker="o", capsize=3, label=f"{split} (95% CI)")
+                line = ax.errorbar(xs, ys, yerr=[1.96 * e for e in se], marker="o", capsize=3, label=f"{split} (95% CI)")
+                majority = [r.get("majority") for r in _evals(records, split) if r.get("majority") is not None]
+                if metric == "accuracy" and majority:  # the rate of always answering the most frequent label
+                    ax.axhline(majority[-1], linestyle="--", color=line[0].get_color(), alpha=0.7, label=f"{split} majority rate")
         ax.set(xlabel="round", title=metric)
         ax.legend()
     return _save(fig, path)

@@ -536,8 +536,9 @@ class Engine:
         })  # fmt: skip
 
     def _finish(self, last: int) -> RunResult:
-        from fedlora.report import run_summary
+        from fedlora.report import related_map, run_summary
 
-        summary = run_summary(self.log.records) | {"seconds": self._elapsed_before + time.perf_counter() - self._started}
+        summary = run_summary(self.log.records) | {"seconds": self._elapsed_before + time.perf_counter() - self._started,
+                                                   "heldout_related": related_map(self.cfg.data.heldout_related)}  # fmt: skip
         (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
         return RunResult(self.run_dir, list(self.log.records), self.strategy, last, summary)
