@@ -56,3 +56,20 @@ def test_the_accuracy_plot_draws_the_majority_rate(tmp_path, monkeypatch):
     (ax,) = figures[0].axes
     majority = [line for line in ax.get_lines() if line.get_label() == "heldout majority rate"]
     assert majority and list(majority[0].get_ydata()) == [0.51, 0.51]
+
+
+def test_the_eta_counts_the_evaluations_left():
+    import io
+
+    from rich.console import Console
+
+    from fedlora.engine.progress import RichProgress
+
+    out = io.StringIO()
+    progress = RichProgress(Console(file=out, width=200))
+    progress.start(30, 0, 3, evaluations=4)  # round 0 and after each of 3 rounds
+    progress.eval_end({"split": "heldout", "round": 0, "seconds": 10.0, "n_examples": 1})
+    progress.round_end({"round": 1, "seconds": 20.0, "accepted": 1, "failed": {}, "rejected": {}, "bytes_down": 0, "bytes_up": 0})
+    assert progress.eta_seconds() == 2 * 20.0 + 3 * 10.0  # 2 rounds and 3 evaluations left
+    assert "ETA 70 s (rounds and evaluations left)" in out.getvalue()
+    progress.close()

@@ -27,7 +27,7 @@ def format_bytes(n: float) -> str:
 class Progress:
     """Silent progress: the hooks the engine calls, doing nothing."""
 
-    def start(self, total_steps: int, done_steps: int, rounds: int) -> None: ...
+    def start(self, total_steps: int, done_steps: int, rounds: int, *, evaluations: int = 0) -> None: ...
     def round_start(self, server_round: int, clients: list[str]) -> None: ...
     def client_start(self, server_round: int, client_id: str, rank: int, steps: int) -> None: ...
     def step(self, loss: float) -> None: ...
@@ -56,6 +56,13 @@ def _client_line(r: dict) -> str:
     return text + (f"  [red]rejected[/] {r.get('error', '')}" if r["status"] == "rejected" else "")
 
 
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 class RichProgress(Progress):
     """Live progress bars and log lines on a rich console (``console=None``: stderr)."""
 
@@ -71,9 +78,14 @@ class RichProgress(Progress):
         self.bars = Bars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                          TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console)  # fmt: skip
         self.rounds, self.total, self.client_task, self.eval_task = 0, None, None, None
+        self.round_seconds: list[float] = []  # measured, for the ETA of the rounds left
+        self.eval_seconds: dict[int, float] = {}  # evaluation seconds per evaluated round (all splits)
+        self.rounds_left, self.evaluations_left = 0, 0
 
-    def start(self, total_steps: int, done_steps: int, rounds: int) -> None:
-        self.rounds = rounds
+    def start(self, total_steps: int, done_steps: int, rounds: int, *, evaluations: int = 0) -> None:
+        """``evaluations``: the evaluations (after a round, or round 0) still to come, for the ETA."""
+        self.rounds, self.evaluations_left = rounds, evaluations
+        self.rounds_left = round(rounds * (1 - done_steps / total_steps)) if total_steps else 0
         self.bars.start()
         self.total = self.bars.add_task("run", total=total_steps, completed=done_steps, info="")
 
@@ -110,16 +122,31 @@ class RichProgress(Progress):
             self.eval_task = None
         from fedlora.eval.format import metric_line
 
+        if record["round"] not in self.eval_seconds:
+            self.evaluations_left = max(0, self.evaluations_left - 1)
+        self.eval_seconds[record["round"]] = self.eval_seconds.get(record["round"], 0.0) + float(record["seconds"])
         self.console.print(f"  eval {record['split']:<7} round {record['round']}: {metric_line(record)}  ({record['seconds']:.1f} s)")
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left: the rounds left at the mean measured round time, plus the evaluations left at the
+        mean measured evaluation time (the first round's evaluation is counted once it has been measured)."""
+        if not self.round_seconds:
+            return None
+        mean_eval = sum(self.eval_seconds.values()) / len(self.eval_seconds) if self.eval_seconds else 0.0
+        return self.rounds_left * sum(self.round_seconds) / len(self.round_seconds) + self.evaluations_left * mean_eval
 
     def round_end(self, record: dict) -> None:
         loss = record.get("train_loss")
+        self.round_seconds.append(float(record["seconds"]))
+        self.rounds_left = max(0, self.rounds_left - 1)
+        eta = self.eta_seconds()
         self.console.print(
             f"  round {record['round']} done in {record['seconds']:.1f} s: train loss "
             f"{'-' if loss is None else f'{loss:.4f}'}, accepted {record['accepted']}, failed {len(record['failed'])}, "
             f"rejected {len(record['rejected'])}, ↓{format_bytes(record['bytes_down'])} ↑{format_bytes(record['bytes_up'])}"
             + (f", stragglers {len(record['stragglers'])}" if record.get("stragglers") else "")
             + (f", simulated clock {record['sim_clock']:.1f} s" if record.get("sim_clock") else "")
+            + ("" if eta is None else f"; ETA {_duration(eta)} (rounds and evaluations left)")
         )
 
     def message(self, text: str) -> None:

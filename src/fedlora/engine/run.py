@@ -294,7 +294,10 @@ class Engine:
             self.planner.score_clients(self.model, self.tokenizer, self.data.clients)
         steps = (self.per_round if self.async_state is None else self.buffer_size) * self.cfg.train.local_steps
         in_flight = 0 if self.async_state is None else self.per_round * self.cfg.train.local_steps  # async: the first dispatches
-        self.progress.start(rounds * steps + in_flight, (first - 1) * steps + (in_flight if first > 1 else 0), rounds)
+        evaluations = sum(1 for r in range(first, rounds + 1) if _due(r, self.cfg.run.eval_every, rounds) or r > rounds - self.cfg.run.eval_last)
+        evaluations += int(first == 1 and (self.cfg.eval.at_start or stop_after == 0))
+        self.progress.start(rounds * steps + in_flight, (first - 1) * steps + (in_flight if first > 1 else 0), rounds,
+                            evaluations=evaluations)  # fmt: skip
         last = first - 1
         try:
             if first == 1 and (self.cfg.eval.at_start or stop_after == 0):
