@@ -9,7 +9,7 @@ TEST_STAMP := $(VENV)/.fedlora-test-installed
 
 .PHONY: install quickstart test test-slow clean-venv
 
-# The quickstart needs fedlora and the bundled data only; the tests add pytest, Flower (with Ray) and TensorBoard.
+# The quickstart needs fedlora and the bundled data only; the tests add pytest, Flower (with Ray), TensorBoard and bitsandbytes.
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,flower,tracking]'
+	$(PY) -m pip install -q -e '.[dev,flower,tracking,quantization]'
 	touch $(TEST_STAMP)
 
 install: $(TEST_STAMP)

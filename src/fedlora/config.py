@@ -103,6 +103,10 @@ class ModelSection:
     dtype: str = opt("auto", "weights dtype; 'auto': bf16 on GPUs and CPUs with native bf16, else fp32",
                      choices=("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"))
     device: str = opt("auto", "'auto' (cuda if visible), 'cpu', 'cuda', 'cuda:0', ...")
+    quantization: str = opt("none", "the frozen base's precision: 'none' (model.dtype), 'nf4' (4-bit NormalFloat, QLoRA) or "
+                            "'int8' (LLM.int8()), through transformers' BitsAndBytesConfig (needs bitsandbytes: pip install "
+                            "'fedlora[quantization]'); LoRA factors stay float32, exports load on the full-precision base",
+                            choices=("none", "nf4", "int8"))
     target_modules: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                     "module kinds (last path component) that carry LoRA adapters")
 
@@ -397,6 +401,21 @@ def _async_errors(cfg: "Config") -> list[str]:
     return errors
 
 
+MERGING_METHODS = ("flora", "fedex", "fedmomentum", "slora")
+"""Methods that fold part of each round into the frozen base weights (``Payload.base_delta``)."""
+
+
+def _quantization_errors(cfg: "Config") -> list[str]:
+    """A quantized base cannot take a merged update (its weights are packed integers): refuse, never ignore."""
+    name = cfg.strategy.name
+    base = str(cfg.strategy.params.get("base", "")).lower() if name == "fedprox" else ""
+    if cfg.model.quantization == "none" or not ({name, base} & set(MERGING_METHODS)):
+        return []
+    return [f"model.quantization = {cfg.model.quantization!r} with strategy {name!r}: it merges part of every round into the "
+            f"frozen base weights, which a quantized base stores packed and cannot take; use model.quantization = 'none' or "
+            f"a method that keeps its state in the LoRA factors (not {', '.join(MERGING_METHODS)})"]
+
+
 def needs_one_rank(cfg: "Config") -> bool:
     """Whether ``strategy.name`` needs one rank per module across clients (its ``heterogeneous_ranks``
     is false; FedProx answers for its ``base`` method)."""
@@ -518,6 +537,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
     if not any(e.startswith("strategy.name") for e in errors):
         errors.extend(_strategy_errors(cfg.strategy))
     errors.extend(_async_errors(cfg))
+    errors.extend(_quantization_errors(cfg))
     if cfg.privacy.clip_norm > 0 and cfg.strategy.name not in ("fedit", "ffa"):
         errors.append(f"privacy.clip_norm = {cfg.privacy.clip_norm}: client-level DP is implemented for strategy 'fedit' and "
                       f"'ffa' (their server averages a clipped sum), not {cfg.strategy.name!r}; set privacy.clip_norm = 0 or "

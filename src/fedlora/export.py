@@ -9,6 +9,7 @@ evaluation model exactly (heterogeneous per-module ranks go to ``rank_pattern``/
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, merged: bo
               "round": round_, "rounds": cfg.run.rounds, "rank": rank}  # fmt: skip
     (paths["adapter"] / "fedlora_export.json").write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
     if merged:
-        paths["merged"] = _save_merged(paths["adapter"], out / "merged", model_and_tokenizer or load_base_model(cfg.model))
+        full = replace(cfg.model, quantization="none")  # a quantized run's adapter merges into the full-precision weights
+        paths["merged"] = _save_merged(paths["adapter"], out / "merged", model_and_tokenizer or load_base_model(full))
     return paths
 
 

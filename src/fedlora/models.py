@@ -24,6 +24,8 @@ from fedlora.modelspec import ModelSpec, ModuleSpec
 
 __all__ = [
     "spec_without_weights",
+    "QUANTIZATIONS",
+    "quantization_config",
     "BUNDLED_MODELS",
     "BUNDLED_HUB_IDS",
     "DEFAULT_TARGETS",
@@ -149,13 +151,43 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
     return _DTYPES[dtype]
 
 
-def load_model(name_or_path: str | os.PathLike = "bundled:smollm2", *, dtype="auto", device="auto"):
+QUANTIZATIONS = ("none", "nf4", "int8")
+
+
+def quantization_config(quantization: str, compute_dtype: torch.dtype):
+    """transformers' ``BitsAndBytesConfig`` for ``"nf4"`` (QLoRA: 4-bit NormalFloat, double quantization, computing
+    in ``compute_dtype``) or ``"int8"`` (LLM.int8()); None for ``"none"``.
+
+    Raises:
+        ImportError: bitsandbytes is not installed (the message says how to install it).
+        ValueError: an unknown ``quantization``.
+    """
+    if quantization == "none":
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"model.quantization = {quantization!r}: use one of {', '.join(QUANTIZATIONS)}")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(f"model.quantization = {quantization!r} needs bitsandbytes: pip install 'fedlora[quantization]' "
+                          "(or bitsandbytes), or set model.quantization = 'none'")  # fmt: skip
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)  # fmt: skip
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_model(name_or_path: str | os.PathLike = "bundled:smollm2", *, dtype="auto", device="auto", quantization: str = "none"):
     """Load a causal LM and its tokenizer (with a pad token), in eval mode.
 
     Args:
         name_or_path: ``"bundled:smollm2"``, a local folder, or a Hugging Face hub id.
-        dtype: ``"auto"`` (see ``resolve_dtype``), a dtype name, or a ``torch.dtype``.
+        dtype: ``"auto"`` (see ``resolve_dtype``), a dtype name, or a ``torch.dtype``; with a quantized base, the
+            dtype of everything not quantized and of the computation.
         device: ``"auto"`` (cuda if available), ``"cpu"``, ``"cuda:0"``, ...
+        quantization: the frozen linear layers' precision, ``"none"``, ``"nf4"`` or ``"int8"`` (:func:`quantization_config`).
 
     Returns:
         ``(model, tokenizer)``. The tokenizer's pad token is its own, else its eos token.
@@ -168,14 +200,42 @@ def load_model(name_or_path: str | os.PathLike = "bundled:smollm2", *, dtype="au
             raise ValueError(f"unknown bundled model {source!r}; bundled models: {', '.join(BUNDLED_MODELS)}")
         source = str(bundled_smollm2_path())
     torch_device = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(source, **_dtype_kwarg(resolve_dtype(dtype, torch_device)))
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    qconfig = quantization_config(quantization, torch_dtype)
+    if qconfig is not None:
+        model = AutoModelForCausalLM.from_pretrained(source, quantization_config=qconfig, device_map=str(torch_device),
+                                                     **_dtype_kwarg(torch_dtype))  # fmt: skip
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        _keep_trainable_packing(model)
+        return _with_pad(model, tokenizer, name_or_path).eval(), tokenizer
+    model = AutoModelForCausalLM.from_pretrained(source, **_dtype_kwarg(torch_dtype))
     tokenizer = AutoTokenizer.from_pretrained(source)
+    return _with_pad(model, tokenizer, name_or_path).to(torch_device).eval(), tokenizer
+
+
+def _keep_trainable_packing(model) -> None:
+    """Keep bitsandbytes' 4-bit layers in the packing that training can backpropagate through.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight for faster inference the
+    first time the layer runs in eval mode without gradients, and keeps it so; from then on its forward
+    calls ``gemv_4bit``, which has no autograd kernel (PyTorch warns "may lead to silently incorrect
+    behavior"), so a LoRA step after an evaluation would get no gradient through the frozen base to the
+    adapters below. fedlora evaluates between rounds, so the repacking is turned off (an inference-speed
+    cost on that CPU only); ``tests/test_quantized_base.py`` checks the gradients after an evaluation.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _with_pad(model, tokenizer, name_or_path):
+    """The tokenizer's pad token is its own, else its eos token; the model generates with it."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"the tokenizer of {name_or_path!r} has neither a pad nor an eos token; add a pad token to it")
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.to(torch_device).eval(), tokenizer
+    return model
 
 
 def spec_without_weights(name_or_path: str | os.PathLike = "bundled:smollm2", target_kinds=None, *, dtype="auto") -> ModelSpec:

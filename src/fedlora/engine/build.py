@@ -39,14 +39,35 @@ def choose_threads(requested: int) -> tuple[int, str]:
 
 
 def load_base_model(m: ModelSection) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` of ``[model]``; ``"tiny"`` builds the random test model (seed 0, fp32, CPU)."""
+    """``(model, tokenizer)`` of ``[model]``; ``"tiny"`` builds the random test model (seed 0, fp32, CPU), quantized
+    through a saved copy when ``model.quantization`` asks for it."""
+    from fedlora.models import load_model
+
     if m.name == TINY_MODEL:
         from fedlora.testing import tiny_llama
 
-        return tiny_llama(seed=0)
-    from fedlora.models import load_model
+        if m.quantization == "none":
+            return tiny_llama(seed=0)
+        return load_model(_saved_tiny(), dtype="float32", device="cpu", quantization=m.quantization)
+    return load_model(m.name, dtype=m.dtype, device=m.device, quantization=m.quantization)
 
-    return load_model(m.name, dtype=m.dtype, device=m.device)
+
+def _saved_tiny() -> str:
+    """The tiny test model saved once per process (a folder that transformers can load quantized)."""
+    global _TINY_DIR
+    if _TINY_DIR is None:
+        import tempfile
+
+        from fedlora.testing import tiny_llama
+
+        model, tokenizer = tiny_llama(seed=0)
+        _TINY_DIR = tempfile.mkdtemp(prefix="fedlora-tiny-")
+        model.save_pretrained(_TINY_DIR)
+        tokenizer.save_pretrained(_TINY_DIR)
+    return _TINY_DIR
+
+
+_TINY_DIR: str | None = None
 
 
 def model_name_or_path(m: ModelSection) -> str:

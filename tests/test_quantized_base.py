@@ -1,0 +1,95 @@
+"""Quantized bases (QLoRA): the tiny model trains on an NF4 or int8 base, its LoRA factors stay float32, and
+the export loads with plain PEFT on the full-precision base; a method that merges into the base is refused."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from fedlora.config import ConfigError, parse_config
+from fedlora.engine.run import Engine
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes: the quantization extra")
+
+RAW = {
+    "run": {"rounds": 2, "seed": 2},
+    "model": {"name": "tiny"},
+    "data": {"tasks": ["rt_sentiment", "bbc_headline", "word_sentiment"], "heldout_tasks": ["word_sentiment"], "num_clients": 2,
+             "max_train_per_task": 8, "max_eval_per_task": 4},
+    "clients": {"ranks": [2, 4]},
+    "train": {"local_steps": 3, "batch_size": 2, "max_length": 48, "lr": 1e-2},
+    "eval": {"generate": False, "max_length": 48},
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("quantization, layer", [("nf4", "Linear4bit"), ("int8", "Linear8bitLt")])
+def test_a_quantized_base_trains_float32_factors_and_exports_for_the_full_precision_base(quantization, layer, tmp_path):
+    from peft import PeftModel
+
+    from fedlora.export import export_run
+    from fedlora.testing import tiny_llama
+
+    engine = Engine(parse_config({**RAW, "model": {"name": "tiny", "quantization": quantization}}), tmp_path / "run")
+    result = engine.run()
+    assert type(engine.model.model.layers[0].self_attn.q_proj).__name__ == layer  # the base really is quantized
+    losses = [r["train_loss"] for r in result.records if r["type"] == "round"]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    adapter = result.strategy.global_adapter()
+    assert adapter and all(f.A.dtype == torch.float32 and f.B.dtype == torch.float32 for f in adapter.values())
+    paths = export_run(tmp_path / "run", tmp_path / "export")
+    base, tok = tiny_llama(seed=0)  # the full-precision base
+    model = PeftModel.from_pretrained(base, str(paths["adapter"]))
+    ids = torch.tensor([tok("hello there")["input_ids"]])
+    assert torch.isfinite(model(ids).logits).all()
+
+
+def test_a_method_that_merges_into_the_base_is_refused_with_a_quantized_base():
+    with pytest.raises(ConfigError, match="model.quantization = 'nf4' with strategy 'flora'"):
+        parse_config({**RAW, "model": {"name": "tiny", "quantization": "nf4"}, "strategy": {"name": "flora"}})
+    parse_config({**RAW, "model": {"name": "tiny", "quantization": "nf4"}, "strategy": {"name": "flexlora"}})
+
+
+def test_a_missing_bitsandbytes_is_named_with_the_fix(monkeypatch):
+    from fedlora.models import quantization_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(ImportError, match=r"pip install 'fedlora\[quantization\]'"):
+        quantization_config("nf4", torch.float32)
+
+
+def test_gradients_through_a_4bit_base_are_the_same_after_an_evaluation():
+    """bitsandbytes repacks 4-bit weights for inference on AVX512-BF16 CPUs after an eval-mode pass, and its
+    inference kernel has no backward; fedlora keeps the trainable packing (fedlora.models._keep_trainable_packing)."""
+    from peft import LoraConfig, get_peft_model
+
+    from fedlora.config import ModelSection
+    from fedlora.engine.build import load_base_model
+
+    model, _ = load_base_model(ModelSection(name="tiny", quantization="nf4"))
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    first = peft_model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight
+
+    def grad() -> torch.Tensor:
+        peft_model.train()
+        peft_model.zero_grad()
+        peft_model(input_ids=ids, labels=ids).loss.backward()
+        return first.grad.clone()
+
+    before = grad()
+    peft_model.eval()
+    with torch.no_grad():
+        peft_model(input_ids=ids)  # an evaluation between rounds
+    after = grad()
+    assert before.abs().sum() > 0 and torch.allclose(before, after, atol=1e-6)
