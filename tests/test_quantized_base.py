@@ -8,38 +8,25 @@ import importlib.util
 import pytest
 import torch
 
-from fedlora.config import ConfigError, parse_config
+from fedlora.config import ConfigError
 from fedlora.engine.run import Engine
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes: the quantization extra")
-
-RAW = {
-    "run": {"rounds": 2, "seed": 2},
-    "model": {"name": "tiny"},
-    "data": {"tasks": ["rt_sentiment", "bbc_headline", "word_sentiment"], "heldout_tasks": ["word_sentiment"], "num_clients": 2,
-             "max_train_per_task": 8, "max_eval_per_task": 4},
-    "clients": {"ranks": [2, 4]},
-    "train": {"local_steps": 3, "batch_size": 2, "max_length": 48, "lr": 1e-2},
-    "eval": {"generate": False, "max_length": 48},
-}  # fmt: skip
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes: the quantization extra"),
+              pytest.mark.usefixtures("one_thread")]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 @pytest.mark.parametrize("quantization, layer", [("nf4", "Linear4bit"), ("int8", "Linear8bitLt")])
-def test_a_quantized_base_trains_float32_factors_and_exports_for_the_full_precision_base(quantization, layer, tmp_path):
+def test_a_quantized_base_trains_float32_factors_and_exports_for_the_full_precision_base(quantization, layer, tmp_path,
+                                                                                         tiny_run_config):  # fmt: skip
     from peft import PeftModel
 
     from fedlora.export import export_run
     from fedlora.testing import tiny_llama
 
-    engine = Engine(parse_config({**RAW, "model": {"name": "tiny", "quantization": quantization}}), tmp_path / "run")
+    engine = Engine(tiny_run_config(model={"quantization": quantization}), tmp_path / "run")
     result = engine.run()
     assert type(engine.model.model.layers[0].self_attn.q_proj).__name__ == layer  # the base really is quantized
     losses = [r["train_loss"] for r in result.records if r["type"] == "round"]
@@ -53,10 +40,10 @@ def test_a_quantized_base_trains_float32_factors_and_exports_for_the_full_precis
     assert torch.isfinite(model(ids).logits).all()
 
 
-def test_a_method_that_merges_into_the_base_is_refused_with_a_quantized_base():
+def test_a_method_that_merges_into_the_base_is_refused_with_a_quantized_base(tiny_run_config):
     with pytest.raises(ConfigError, match="model.quantization = 'nf4' with strategy 'flora'"):
-        parse_config({**RAW, "model": {"name": "tiny", "quantization": "nf4"}, "strategy": {"name": "flora"}})
-    parse_config({**RAW, "model": {"name": "tiny", "quantization": "nf4"}, "strategy": {"name": "flexlora"}})
+        tiny_run_config(model={"quantization": "nf4"}, strategy={"name": "flora"})
+    tiny_run_config(model={"quantization": "nf4"}, strategy={"name": "flexlora"})
 
 
 def test_a_missing_bitsandbytes_is_named_with_the_fix(monkeypatch):
