@@ -80,3 +80,36 @@ def test_gradients_through_a_4bit_base_are_the_same_after_an_evaluation():
         peft_model(input_ids=ids)  # an evaluation between rounds
     after = grad()
     assert before.abs().sum() > 0 and torch.allclose(before, after, atol=1e-6)
+
+
+def _stored_bytes(model) -> int:
+    """Every tensor the loaded model holds: parameters, buffers and bitsandbytes' quantization state (scales, codes)."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+
+    for tensor in [*model.parameters(), *model.buffers()]:
+        add(tensor)
+        state = getattr(tensor, "quant_state", None)
+        for nested in (state, getattr(state, "state2", None)):
+            for name in ("absmax", "code", "offset"):
+                add(getattr(nested, name, None))
+        add(getattr(tensor, "SCB", None))
+    return total
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4", "int8"])
+def test_the_memory_model_counts_the_quantized_base_as_stored(quantization):
+    from fedlora.allocation.memory import MemoryModel
+    from fedlora.config import ModelSection
+    from fedlora.engine.build import build_spec, load_base_model
+
+    model, _ = load_base_model(ModelSection(name="tiny", quantization=quantization))
+    spec = build_spec(model, ModelSection(name="tiny"))
+    predicted = MemoryModel(spec, batch_size=2, seq_len=16, quantization=quantization).weight_bytes()
+    stored = _stored_bytes(model)
+    assert abs(predicted - stored) / stored < 0.02, (predicted, stored)

@@ -11,6 +11,7 @@ strategies use; its module names are exactly the ones PEFT targets.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import shutil
@@ -304,6 +305,8 @@ def model_spec(model, target_kinds=DEFAULT_TARGETS) -> ModelSpec:
         raise ValueError(f"no linear module of kinds {list(kinds)} in {type(base).__name__}; its linear kinds are {available}")
     config = base.config
     params = [p for n, p in base.named_parameters() if "lora_" not in n]
+    # a bitsandbytes 4-bit weight is stored packed (two per byte): count the weights it stands for
+    counts = [math.prod(p.quant_state.shape) if getattr(p, "quant_state", None) is not None else p.numel() for p in params]
     heads = getattr(config, "num_attention_heads")
     return ModelSpec(
         modules=tuple(modules),
@@ -313,6 +316,6 @@ def model_spec(model, target_kinds=DEFAULT_TARGETS) -> ModelSpec:
         num_attention_heads=heads,
         num_key_value_heads=getattr(config, "num_key_value_heads", None) or heads,
         vocab_size=config.vocab_size,
-        num_parameters=sum(p.numel() for p in params),
+        num_parameters=sum(counts),
         param_bytes=next(p for p in params if p.is_floating_point()).element_size(),
     )

@@ -45,12 +45,30 @@ import torch
 from fedlora.modelspec import ModelSpec, ModuleSpec
 
 __all__ = [
-    "OPTIMIZER_STATES", "Calibration", "DEFAULT_CALIBRATION", "ModuleGroup", "MemoryModel",
+    "OPTIMIZER_STATES", "QUANTIZED_BYTES", "decoder_linear_sizes", "Calibration", "DEFAULT_CALIBRATION", "ModuleGroup", "MemoryModel",
     "Measurement", "fit_calibration", "format_bytes",
 ]  # fmt: skip
 
 OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd": 0, "sgd_momentum": 1}
 """Optimizer name -> state tensors per trainable parameter."""
+
+QUANTIZED_BYTES = {"none": (0.0, 0.0, 0.0), "nf4": (0.5 + 1 / 64 + 4 / (64 * 256), 0.0, 4 * (16 + 256 + 1)), "int8": (1.0, 4.0, 0.0)}
+"""Bytes per quantized weight, per output row and per linear layer (bitsandbytes): NF4 packs two weights in a
+byte and keeps one 8-bit absmax per block of 64 with one fp32 second-level scale per 256 blocks (double
+quantization, Dettmers et al. 2023, "QLoRA"), plus per layer its fp32 code tables (16 NF4 levels, 256
+second-level levels) and offset; LLM.int8() keeps one byte per weight and one fp32 scale per row (Dettmers
+et al. 2022)."""
+
+
+def decoder_linear_sizes(spec: ModelSpec) -> tuple[int, int]:
+    """``(weights, output rows)`` of every decoder linear layer of a Llama-style model (q, k, v, o, gate, up, down;
+    the layers bitsandbytes quantizes, whatever LoRA targets): per layer ``2h² + 2h·kv + 3hI`` weights."""
+    h, inter = spec.hidden_size, spec.intermediate_size
+    kv = spec.num_key_value_heads * (h // spec.num_attention_heads)
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter
+    rows = 2 * h + 2 * kv + 2 * inter + h
+    return spec.num_layers * per_layer, spec.num_layers * rows
+
 
 _SLOT = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "o_proj": 1, "gate_proj": 2, "up_proj": 2, "down_proj": 3}
 _SLOT_NAMES = ("attn_in", "attn_out", "mlp_in", "mlp_out")
@@ -123,8 +141,11 @@ class MemoryModel:
     def __init__(
         self, spec: ModelSpec, *, batch_size: int, seq_len: int, dtype_bytes: int = 4, optimizer: str = "adamw",
         grad_checkpointing: bool = False, adapter_dtype_bytes: int = 4, padded_batches: bool = True,
-        calibration: Calibration = DEFAULT_CALIBRATION,
+        calibration: Calibration = DEFAULT_CALIBRATION, quantization: str = "none",
     ) -> None:  # fmt: skip
+        if quantization not in QUANTIZED_BYTES:
+            raise ValueError(f"MemoryModel: quantization {quantization!r} is not known; use one of {sorted(QUANTIZED_BYTES)}")
+        self.quantization = quantization
         if optimizer not in OPTIMIZER_STATES:
             raise ValueError(f"MemoryModel: optimizer {optimizer!r} is not known; use one of {sorted(OPTIMIZER_STATES)}")
         self.spec, self.optimizer, self.calibration = spec, optimizer, calibration
@@ -140,8 +161,21 @@ class MemoryModel:
 
     def config(self) -> dict:
         """Constructor keyword arguments (without ``spec``), e.g. to rebuild the model elsewhere."""
-        keys = ("batch_size", "seq_len", "dtype_bytes", "optimizer", "grad_checkpointing", "adapter_dtype_bytes", "padded_batches", "calibration")
+        keys = ("batch_size", "seq_len", "dtype_bytes", "optimizer", "grad_checkpointing", "adapter_dtype_bytes", "padded_batches",
+                "calibration", "quantization")  # fmt: skip
         return {k: getattr(self, k) for k in keys}
+
+    # ---- the frozen base ------------------------------------------------------------------------
+    def weight_bytes(self) -> int:
+        """Bytes of the frozen base as loaded: every decoder linear packed at ``quantization`` with its scales
+        (:data:`QUANTIZED_BYTES`), the rest (embeddings, norms, head) at ``spec.param_bytes``."""
+        s = self.spec
+        if self.quantization == "none":
+            return s.num_parameters * s.param_bytes
+        linear, rows = decoder_linear_sizes(s)
+        per_param, per_row, per_layer = QUANTIZED_BYTES[self.quantization]
+        fixed = 7 * s.num_layers * per_layer  # seven decoder linears per layer
+        return math.ceil(linear * per_param + rows * per_row + fixed + (s.num_parameters - linear) * s.param_bytes)
 
     # ---- per-token sizes --------------------------------------------------------------------
     def _sizes(self) -> dict[str, float]:
@@ -210,7 +244,7 @@ class MemoryModel:
     def fixed_bytes(self, frozen: Mapping[str, int] | None = None) -> int:
         """Weights, frozen adapters ({module: rank}) and ``head_bytes``: any selection pays them."""
         frozen_params = sum(self._param_bytes(m, r) for m, r in (frozen or {}).items())
-        return self.spec.num_parameters * self.spec.param_bytes + frozen_params + self.head_bytes()
+        return self.weight_bytes() + frozen_params + self.head_bytes()
 
     def downstream_bytes(self, group: int) -> int:
         """Activations saved after group ``group`` when it is the first trained one (calibrated)."""
@@ -298,7 +332,7 @@ class MemoryModel:
         parts = [self._module_parts(m, r) for _, sub in groups for m, r in sub.items()]
         shared = sum(self.shared_bytes(j, sub, first=j == first) for j, sub in groups)
         out = {
-            "weights": self.spec.num_parameters * self.spec.param_bytes,
+            "weights": self.weight_bytes(),
             "frozen_adapters": sum(self._param_bytes(m, r) for m, r in frozen.items()),
             "adapter_states": sum(s for _, s in parts),
             "activations": self.downstream_bytes(first) + shared + sum(a for a, _ in parts),

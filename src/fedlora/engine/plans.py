@@ -61,7 +61,7 @@ def memory_model_kwargs(cfg: Config, spec: ModelSpec) -> dict[str, Any]:
     """``MemoryModel`` keywords of a client's local training step."""
     t = cfg.train
     return {"batch_size": t.batch_size, "seq_len": t.max_length, "dtype_bytes": spec.param_bytes, "optimizer": t.optimizer,
-            "grad_checkpointing": t.grad_checkpointing}  # fmt: skip
+            "grad_checkpointing": t.grad_checkpointing, "quantization": cfg.model.quantization}  # fmt: skip
 
 
 class Planner:
