@@ -113,3 +113,21 @@ def test_the_memory_model_counts_the_quantized_base_as_stored(quantization):
     predicted = MemoryModel(spec, batch_size=2, seq_len=16, quantization=quantization).weight_bytes()
     stored = _stored_bytes(model)
     assert abs(predicted - stored) / stored < 0.02, (predicted, stored)
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_its_cpu_parts_without_cuda(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("this test checks the CPU path")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    out = subprocess.run([sys.executable, str(script), "--json", str(tmp_path / "g.json"), "--steps", "1"], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "no CUDA device: CPU parts only" in out.stdout
+    rows = json.loads((tmp_path / "g.json").read_text())["rows"]
+    assert {r["check"].split()[0] for r in rows} == {"step", "memory", "lockstep", "eval"}
