@@ -21,7 +21,7 @@ RESULT_FILE = "result.json"
 """A finished cell's result in its run folder (written by ``fedlora.bench.runner.run_cell``)."""
 
 __all__ = ["RESULT_FILE", "CellRow", "Aggregate", "final_metric", "metric_series", "traffic_series", "collect", "aggregate",
-           "write_tables", "markdown_tables", "fmt_mean_std", "estimate_seconds", "lower_is_better", "endpoint_value"]  # fmt: skip
+           "write_tables", "markdown_tables", "fmt_mean_std", "estimate_seconds", "lower_is_better", "endpoint_value", "time_split"]  # fmt: skip
 
 
 @dataclass
@@ -123,6 +123,14 @@ def collect(out_dir: str | Path, cell_ids: Sequence[str] | None = None) -> list[
     return rows
 
 
+def time_split(records: Sequence[dict]) -> tuple[float, float]:
+    """``(training, evaluation)`` seconds of a cell: the sums of its rounds' and evaluations' own ``seconds``
+    (the rest of its wall time is set-up: data, model, planning)."""
+    train = sum(float(r.get("seconds") or 0.0) for r in records if r.get("type") == "round")
+    evaluation = sum(float(r.get("seconds") or 0.0) for r in records if r.get("type") == "eval")
+    return train, evaluation
+
+
 def estimate_seconds(pending_methods: Sequence[str], rows: Sequence[CellRow]) -> float | None:
     """Wall seconds that cells of ``pending_methods`` would take, one after another.
 
@@ -184,12 +192,15 @@ def markdown_tables(rows: Sequence[CellRow], aggs: Sequence[Aggregate], metrics:
         cells += [_mb(a.mean["bytes_up"]), _mb(a.mean["bytes_down"]), fmt_mean_std(a.mean["seconds"], a.std["seconds"], a.n, 0)]
         lines.append("| " + " | ".join(cells) + " |")
     summary = "\n".join(lines)
-    head = ["cell", "method", "distribution", "seed", "clients", "rounds", *metrics, "bytes up", "bytes down", "wall s"]
+    head = ["cell", "method", "distribution", "seed", "clients", "rounds", *metrics, "bytes up", "bytes down", "wall s",
+            "training s", "evaluation s"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         vals = ["-" if r.final.get(m) is None else f"{r.final[m]:.4f}" for m in metrics]
+        train, evaluation = time_split(r.records)
         lines.append("| " + " | ".join([r.cell, r.method, r.distribution, str(r.seed), str(r.clients), str(r.rounds), *vals,
-                                        str(r.bytes_up), str(r.bytes_down), f"{r.seconds:.0f}"]) + " |")  # fmt: skip
+                                        str(r.bytes_up), str(r.bytes_down), f"{r.seconds:.0f}", f"{train:.0f}",
+                                        f"{evaluation:.0f}"]) + " |")  # fmt: skip
     return summary, "\n".join(lines)
 
 

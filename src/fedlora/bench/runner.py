@@ -337,11 +337,10 @@ def cost_split(path: str | Path, seconds: float | None = None) -> dict[str, floa
     """Where a cell's time went, from its metrics log: ``training`` (the rounds' ``seconds``), ``evaluation``
     (the evaluations' ``seconds``) and ``setup`` (the rest of ``seconds``, the wall time of the invocation
     that ran them all; without it, the run's own ``seconds`` from ``result.json``)."""
+    from fedlora.bench.results import time_split
     from fedlora.engine.metrics_log import read_metrics
 
-    records = read_metrics(path)
-    training = sum(float(r.get("seconds") or 0.0) for r in records if r.get("type") == "round")
-    evaluation = sum(float(r.get("seconds") or 0.0) for r in records if r.get("type") == "eval")
+    training, evaluation = time_split(read_metrics(path))
     if seconds is None:
         result = Path(path) / RESULT_FILE
         seconds = float(json.loads(result.read_text(encoding="utf-8")).get("seconds") or 0.0) if result.is_file() else 0.0
