@@ -18,11 +18,11 @@ import torch
 
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.factors import Adapter, LoraFactors, Update
-from fedlora.lora.linalg import rescale_alpha
-from fedlora.lora.robust import ROBUST_RULES, robust_average
+from fedlora.lora.robust import robust_average
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
+from fedlora.strategies.server_state import ServerState, check_robust
 
 __all__ = ["FedIT", "fedavg_factors"]
 
@@ -54,38 +54,31 @@ class FedIT:
 
     def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None,
                  robust: str = "mean", trim: float = 0.1) -> None:  # fmt: skip
-        if robust not in ROBUST_RULES or not 0 <= trim < 0.5:
-            raise ValueError(f"FedIT: robust must be one of {', '.join(ROBUST_RULES)} and 0 <= trim < 0.5; got {robust!r}, {trim}")
+        check_robust(robust, trim, "FedIT")
         self.robust, self.trim = robust, float(trim)
-        self.seed = int(seed)
-        self._shapes: C.Shapes = C.normalize_shapes(shapes)
-        self._global: Adapter = {}
-        self._book = C.RoundBook()
+        self.server = ServerState("FedIT", seed, shapes)
+
+    @property
+    def seed(self) -> int:
+        return self.server.seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
-        C.homogeneous_ranks(plans, {m: f.rank for m, f in self._global.items()}, "FedIT")
-        plans_by_id = self._book.start(server_round, plans, "FedIT")
-        return {cid: Payload(plan, init=self._init_for(plan), seed=self.seed) for cid, plan in plans_by_id.items()}
-
-    def _init_for(self, plan: ClientPlan) -> Adapter:
-        return {m: rescale_alpha(self._global[m], plan.alphas[m]) for m in plan.ranks if m in self._global}
+        C.homogeneous_ranks(plans, self.server.ranks(), "FedIT")
+        return {cid: Payload(p, init=self.server.init_at_alpha(p), seed=self.seed) for cid, p in self.server.start(server_round, plans).items()}
 
     def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
-        shapes = C.round_shapes(self._shapes, updates)
-        valid, rejected = C.validate_round(self._book, server_round, updates, "FedIT", shapes, exact_rank=True)
-        new = dict(self._global)
-        for module, group in C.by_module(valid, self._book.plans).items():
-            new[module] = fedavg_factors([f for _, f in group], C.example_weights(group), self.robust, self.trim)
-        self._global = new
-        self._shapes.update({m: shapes[m] for m in new})
-        return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected))
+        shapes = self.server.round_shapes(updates)
+        valid, rejected = self.server.validate(server_round, updates, shapes, exact_rank=True)
+        groups = self.server.groups(valid)
+        self.server.commit({m: fedavg_factors([f for _, f in g], C.example_weights(g), self.robust, self.trim) for m, g in groups.items()}, shapes)
+        return self.server.result(valid, rejected)
 
     def global_adapter(self) -> Adapter:
         """Global ``A``, ``B`` with ``alpha = r`` (scale 1): ``ΔW = B @ A``."""
-        return dict(self._global)
+        return dict(self.server.adapter)
 
     def state_dict(self) -> dict[str, Any]:
-        return C.global_state(self)
+        return self.server.to_state(self.name)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        C.load_global_state(self, state)
+        self.server.load(state, self.name)

@@ -25,6 +25,7 @@ from fedlora.lora.factors import Adapter, LoraFactors, Update
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
+from fedlora.strategies.server_state import ServerState
 
 __all__ = ["FedSVD"]
 
@@ -41,35 +42,34 @@ class FedSVD:
     heterogeneous_ranks = True
 
     def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
-        self.seed = int(seed)
-        self._shapes: C.Shapes = C.normalize_shapes(shapes)
-        self._global: Adapter = {}
-        self._book = C.RoundBook()
+        self.server = ServerState("FedSVD", seed, shapes)
+
+    @property
+    def seed(self) -> int:
+        return self.server.seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
-        plans_by_id = self._book.start(server_round, plans, "FedSVD")
-        return {cid: Payload(p, init=C.leading_heads(self._global, p, self.seed), seed=self.seed, train_A=False) for cid, p in plans_by_id.items()}
+        return {cid: Payload(p, init=self.server.leading_heads(p), seed=self.seed, train_A=False)
+                for cid, p in self.server.start(server_round, plans).items()}  # fmt: skip
 
     def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
-        shapes = C.round_shapes(self._shapes, updates)
-        starts = C.round_starts(self._global, self._book.plans.values(), shapes, self.seed)
-        valid, rejected = C.validate_round(self._book, server_round, updates, "FedSVD", shapes, exact_rank=True,
-                                           train_A=False, expected_A={m: f.A for m, f in starts.items()})  # fmt: skip
-        new = dict(self._global)
-        for module, group in C.by_module(valid, self._book.plans).items():
-            start = starts[module]
-            avg = padded_average([f for _, f in group], C.example_weights(group), start.rank)
-            new[module] = orthonormal_refactor(LoraFactors(start.A, avg.B, avg.alpha))
-        self._global = new
-        self._shapes.update({m: shapes[m] for m in new})
-        return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected))
+        shapes = self.server.round_shapes(updates)
+        starts = C.round_starts(self.server.adapter, self.server.book.plans.values(), shapes, self.seed)
+        valid, rejected = self.server.validate(server_round, updates, shapes, exact_rank=True, train_A=False,
+                                               expected_A={m: f.A for m, f in starts.items()})  # fmt: skip
+        new = {}
+        for module, group in self.server.groups(valid).items():
+            avg = padded_average([f for _, f in group], C.example_weights(group), starts[module].rank)
+            new[module] = orthonormal_refactor(LoraFactors(starts[module].A, avg.B, avg.alpha))
+        self.server.commit(new, shapes)
+        return self.server.result(valid, rejected)
 
     def global_adapter(self) -> Adapter:
         """``A`` with orthonormal rows and ``B = U S`` at the largest rank seen, ``alpha = r`` (scale 1)."""
-        return dict(self._global)
+        return dict(self.server.adapter)
 
     def state_dict(self) -> dict[str, Any]:
-        return C.global_state(self)
+        return self.server.to_state(self.name)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        C.load_global_state(self, state)
+        self.server.load(state, self.name)

@@ -18,11 +18,12 @@ import torch
 
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.factors import Adapter, LoraFactors, Update
-from fedlora.lora.linalg import init_lora_factors, rescale_alpha
-from fedlora.lora.robust import ROBUST_RULES, robust_average
+from fedlora.lora.linalg import init_lora_factors
+from fedlora.lora.robust import robust_average
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
+from fedlora.strategies.server_state import ServerState, check_robust
 
 __all__ = ["FFALoRA", "average_B"]
 
@@ -49,48 +50,41 @@ class FFALoRA:
 
     def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None,
                  robust: str = "mean", trim: float = 0.1) -> None:  # fmt: skip
-        if robust not in ROBUST_RULES or not 0 <= trim < 0.5:
-            raise ValueError(f"FFA-LoRA: robust must be one of {', '.join(ROBUST_RULES)} and 0 <= trim < 0.5; got {robust!r}, {trim}")
+        check_robust(robust, trim, "FFA-LoRA")
         self.robust, self.trim = robust, float(trim)
-        self.seed = int(seed)
-        self._shapes: C.Shapes = C.normalize_shapes(shapes)
-        self._global: Adapter = {}
-        self._book = C.RoundBook()
+        self.server = ServerState("FFA-LoRA", seed, shapes)
+
+    @property
+    def seed(self) -> int:
+        return self.server.seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
-        C.homogeneous_ranks(plans, {m: f.rank for m, f in self._global.items()}, "FFA-LoRA")
-        plans_by_id = self._book.start(server_round, plans, "FFA-LoRA")
-        return {cid: Payload(p, init=self._init_for(p), seed=self.seed, train_A=False) for cid, p in plans_by_id.items()}
-
-    def _init_for(self, plan: ClientPlan) -> Adapter:
-        return {m: rescale_alpha(self._global[m], plan.alphas[m]) for m in plan.ranks if m in self._global}
+        C.homogeneous_ranks(plans, self.server.ranks(), "FFA-LoRA")
+        return {cid: Payload(p, init=self.server.init_at_alpha(p), seed=self.seed, train_A=False)
+                for cid, p in self.server.start(server_round, plans).items()}  # fmt: skip
 
     def frozen_A(self, module: str, d_out: int, d_in: int, rank: int) -> torch.Tensor:
         """The frozen ``A [rank, d_in]`` of ``module``: the global one, or the fresh init from ``seed``."""
-        if module in self._global:
-            return self._global[module].A
+        if module in self.server.adapter:
+            return self.server.adapter[module].A
         return init_lora_factors(d_out, d_in, rank, 1.0, self.seed, module).A
 
     def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
-        shapes = C.round_shapes(self._shapes, updates)
-        ranks = C.homogeneous_ranks(list(self._book.plans.values()), {}, "FFA-LoRA")
+        shapes = self.server.round_shapes(updates)
+        ranks = C.homogeneous_ranks(list(self.server.book.plans.values()), {}, "FFA-LoRA")
         expected_A = {m: self.frozen_A(m, *shapes[m], ranks[m]) for m in ranks if m in shapes}
-        valid, rejected = C.validate_round(
-            self._book, server_round, updates, "FFA-LoRA", shapes, exact_rank=True, train_A=False, expected_A=expected_A
-        )
-        new = dict(self._global)
-        for module, group in C.by_module(valid, self._book.plans).items():
-            new[module] = average_B([f for _, f in group], C.example_weights(group), expected_A[module], self.robust, self.trim)
-        self._global = new
-        self._shapes.update({m: shapes[m] for m in new})
-        return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected))
+        valid, rejected = self.server.validate(server_round, updates, shapes, exact_rank=True, train_A=False, expected_A=expected_A)
+        groups = self.server.groups(valid)
+        self.server.commit({m: average_B([f for _, f in g], C.example_weights(g), expected_A[m], self.robust, self.trim)
+                            for m, g in groups.items()}, shapes)  # fmt: skip
+        return self.server.result(valid, rejected)
 
     def global_adapter(self) -> Adapter:
         """Frozen ``A`` and averaged ``B`` with ``alpha = r`` (scale 1): ``ΔW = B @ A``."""
-        return dict(self._global)
+        return dict(self.server.adapter)
 
     def state_dict(self) -> dict[str, Any]:
-        return C.global_state(self)
+        return self.server.to_state(self.name)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        C.load_global_state(self, state)
+        self.server.load(state, self.name)

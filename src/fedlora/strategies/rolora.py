@@ -23,6 +23,7 @@ from fedlora.lora.factors import Adapter, LoraFactors, Update
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
+from fedlora.strategies.server_state import ServerState
 
 __all__ = ["RoLoRA", "trains_A"]
 
@@ -44,45 +45,42 @@ class RoLoRA:
     heterogeneous_ranks = True
 
     def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
-        self.seed = int(seed)
-        self._shapes: C.Shapes = C.normalize_shapes(shapes)
-        self._global: Adapter = {}
-        self._book = C.RoundBook()
+        self.server = ServerState("RoLoRA", seed, shapes)
+
+    @property
+    def seed(self) -> int:
+        return self.server.seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
-        plans_by_id = self._book.start(server_round, plans, "RoLoRA")
         a_round = trains_A(server_round)
-        return {cid: Payload(p, init=C.leading_heads(self._global, p, self.seed), seed=self.seed, train_A=a_round, train_B=not a_round)
-                for cid, p in plans_by_id.items()}  # fmt: skip
+        return {cid: Payload(p, init=self.server.leading_heads(p), seed=self.seed, train_A=a_round, train_B=not a_round)
+                for cid, p in self.server.start(server_round, plans).items()}  # fmt: skip
 
     def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
-        shapes = C.round_shapes(self._shapes, updates)
-        a_round = trains_A(server_round)
-        plans = self._book.plans
-        starts = C.round_starts(self._global, plans.values(), shapes, self.seed)
+        shapes = self.server.round_shapes(updates)
+        a_round, plans = trains_A(server_round), self.server.book.plans
+        starts = C.round_starts(self.server.adapter, plans.values(), shapes, self.seed)
         # the frozen factor each client must send back unchanged, at its own alpha
         frozen: dict[str, dict[str, Any]] = {}
         for cid, p in plans.items():
             heads = {m: client_head(starts[m], int(r), p.alphas[m], self.seed, m) for m, r in p.ranks.items() if m in starts}
             frozen[cid] = ({"train_B": False, "expected_B": {m: h.B for m, h in heads.items()}} if a_round
                            else {"train_A": False, "expected_A": {m: h.A for m, h in heads.items()}})  # fmt: skip
-        valid, rejected = C.validate_round(self._book, server_round, updates, "RoLoRA", shapes, per_client=frozen, exact_rank=True)
-        new = dict(self._global)
-        for module, group in C.by_module(valid, plans).items():
-            factors, weights = [f for _, f in group], C.example_weights(group)
+        valid, rejected = self.server.validate(server_round, updates, shapes, per_client=frozen, exact_rank=True)
+        new = {}
+        for module, group in self.server.groups(valid).items():
             start = starts[module]
-            avg = padded_average(factors, weights, start.rank)
+            avg = padded_average([f for _, f in group], C.example_weights(group), start.rank)
             new[module] = LoraFactors(avg.A, start.B, avg.alpha) if a_round else LoraFactors(start.A, avg.B, avg.alpha)
-        self._global = new
-        self._shapes.update({m: shapes[m] for m in new})
-        return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected) | {"trained_A": float(a_round)})
+        self.server.commit(new, shapes)
+        return self.server.result(valid, rejected, {"trained_A": float(a_round)})
 
     def global_adapter(self) -> Adapter:
         """Global factors at the largest rank seen, ``alpha = r`` (scale 1): ``ΔW = B @ A``."""
-        return dict(self._global)
+        return dict(self.server.adapter)
 
     def state_dict(self) -> dict[str, Any]:
-        return C.global_state(self)
+        return self.server.to_state(self.name)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        C.load_global_state(self, state)
+        self.server.load(state, self.name)
