@@ -22,10 +22,10 @@ from typing import Any, Mapping, Sequence
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.compose import padded_average, stacked_residual
 from fedlora.lora.factors import Adapter, Update
-from fedlora.lora.linalg import rescale_alpha
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
+from fedlora.strategies.server_state import ServerState
 from fedlora.strategies.flora import merge_stacked
 
 __all__ = ["FedExLoRA"]
@@ -43,43 +43,42 @@ class FedExLoRA:
     heterogeneous_ranks = False
 
     def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
-        self.seed = int(seed)
-        self._shapes: C.Shapes = C.normalize_shapes(shapes)
-        self._global: Adapter = {}
+        self.server = ServerState("FedEx-LoRA", seed, shapes)
         self._residual: Adapter = {}
         self._version = 0
-        self._book = C.RoundBook()
+
+    @property
+    def seed(self) -> int:
+        return self.server.seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
-        C.homogeneous_ranks(plans, {m: f.rank for m, f in self._global.items()}, "FedEx-LoRA")
-        plans_by_id = self._book.start(server_round, plans, "FedEx-LoRA")
+        C.homogeneous_ranks(plans, self.server.ranks(), "FedEx-LoRA")
         base = dict(self._residual) or None
-        return {cid: Payload(p, init={m: rescale_alpha(self._global[m], p.alphas[m]) for m in p.ranks if m in self._global},
-                             seed=self.seed, base_delta=base, base_delta_version=self._version)
-                for cid, p in plans_by_id.items()}  # fmt: skip
+        return {cid: Payload(p, init=self.server.init_at_alpha(p), seed=self.seed, base_delta=base, base_delta_version=self._version)
+                for cid, p in self.server.start(server_round, plans).items()}  # fmt: skip
 
     def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
-        shapes = C.round_shapes(self._shapes, updates)
-        valid, rejected = C.validate_round(self._book, server_round, updates, "FedEx-LoRA", shapes, exact_rank=True)
-        new, residual = dict(self._global), dict(self._residual)
-        for module, group in C.by_module(valid, self._book.plans).items():
+        shapes = self.server.round_shapes(updates)
+        valid, rejected = self.server.validate(server_round, updates, shapes, exact_rank=True)
+        new, residual = {}, dict(self._residual)
+        for module, group in self.server.groups(valid).items():
             factors, weights = [f for _, f in group], C.example_weights(group)
             new[module] = padded_average(factors, weights, factors[0].rank)
             residual[module] = merge_stacked(residual.get(module), stacked_residual(factors, weights, new[module]))
+        self.server.commit(new if valid else {}, shapes)
         if valid:
-            self._global, self._residual, self._version = new, residual, int(server_round)
-        self._shapes.update({m: shapes[m] for m in self._global})
+            self._residual, self._version = residual, int(server_round)
         rank = max((f.rank for f in self._residual.values()), default=0)
-        return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected) | {"max_residual_rank": float(rank)})
+        return self.server.result(valid, rejected, {"max_residual_rank": float(rank)})
 
     def global_adapter(self) -> Adapter:
         """``Σ_t R_t + B̄ Ā`` as stacked factors with ``alpha = rank`` (scale 1)."""
-        return {m: merge_stacked(self._residual.get(m), f) for m, f in self._global.items()}
+        return {m: merge_stacked(self._residual.get(m), f) for m, f in self.server.adapter.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return C.global_state(self) | {"residual": C.adapter_to_state(self._residual), "version": self._version}
+        return self.server.to_state(self.name) | {"residual": C.adapter_to_state(self._residual), "version": self._version}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        C.load_global_state(self, state)
+        self.server.load(state, self.name)
         self._residual = C.adapter_from_state(state["residual"])
         self._version = int(state["version"])

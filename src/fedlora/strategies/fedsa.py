@@ -31,6 +31,7 @@ from fedlora.lora.linalg import extend_rank
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
+from fedlora.strategies.server_state import ServerState
 from fedlora.strategies.personal_store import PersonalStore
 
 __all__ = ["FedSALoRA"]
@@ -48,20 +49,20 @@ class FedSALoRA:
     heterogeneous_ranks = True
 
     def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
-        self.seed = int(seed)
-        self._shapes: C.Shapes = C.normalize_shapes(shapes)
+        self.server = ServerState("FedSA-LoRA", seed, shapes)
         self._A: dict[str, torch.Tensor] = {}
-        self._global: Adapter = {}
         self.personal = PersonalStore()
-        self._book = C.RoundBook()
+
+    @property
+    def seed(self) -> int:
+        return self.server.seed
 
     def attach_client_store(self, folder: str | os.PathLike, keep: int = 3) -> None:
         """Keep the personal ``B`` of every client in ``folder`` (the engine calls this)."""
         self.personal.attach(folder, keep)
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
-        plans_by_id = self._book.start(server_round, plans, "FedSA-LoRA")
-        return {cid: Payload(p, init=self._init_for(p), seed=self.seed) for cid, p in plans_by_id.items()}
+        return {cid: Payload(p, init=self._init_for(p), seed=self.seed) for cid, p in self.server.start(server_round, plans).items()}
 
     def _init_for(self, plan: ClientPlan) -> Adapter:
         """Shared ``Ā[:r]`` and the client's own ``B`` (zero in its first round), at the plan's alpha."""
@@ -70,7 +71,7 @@ class FedSALoRA:
         for m, r in plan.ranks.items():
             if m not in self._A:
                 continue  # never aggregated: the trainer's shared fresh init
-            r, d_out = int(r), self._shapes[m][0]
+            r, d_out = int(r), self.server.shapes[m][0]
             A = extend_rank(LoraFactors(self._A[m], torch.zeros(d_out, self._A[m].shape[0]), 1.0), r, self.seed, m).A
             mine = own.get(m)
             B = mine.B * (mine.scale / (plan.alphas[m] / r)) if mine is not None and mine.rank == r else torch.zeros(d_out, r)
@@ -78,10 +79,10 @@ class FedSALoRA:
         return init
 
     def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
-        shapes = C.round_shapes(self._shapes, updates)
-        valid, rejected = C.validate_round(self._book, server_round, updates, "FedSA-LoRA", shapes, exact_rank=True)
-        new_A, new_global = dict(self._A), dict(self._global)
-        for module, group in C.by_module(valid, self._book.plans).items():
+        shapes = self.server.round_shapes(updates)
+        valid, rejected = self.server.validate(server_round, updates, shapes, exact_rank=True)
+        new_A, new_global = dict(self._A), {}
+        for module, group in self.server.groups(valid).items():
             factors, weights = [f for _, f in group], C.example_weights(group)
             r_max = max(f.rank for f in factors)
             new_A[module] = rowwise_average([f.A for f in factors], weights, r_max)
@@ -90,13 +91,13 @@ class FedSALoRA:
         for u in valid:
             kept = {m: f for m, f in u.factors.items()}
             self.personal.put(u.client_id, {**(self.personal.get(u.client_id) or {}), **kept}, server_round)
-        self._A, self._global = new_A, new_global
-        self._shapes.update({m: shapes[m] for m in new_A})
-        return RoundResult([u.client_id for u in valid], rejected, C.round_metrics(valid, rejected))
+        self._A = new_A
+        self.server.commit(new_global, shapes)
+        return self.server.result(valid, rejected)
 
     def global_adapter(self) -> Adapter:
         """``B̄ Ā`` with ``alpha = r`` (scale 1): the shared ``A`` and the round's mean personal ``B``."""
-        return dict(self._global)
+        return dict(self.server.adapter)
 
     def personal_adapters(self) -> Iterator[tuple[str, Adapter]]:
         """``(client, s_k B_k Ā[:r_k])`` for every client that has trained, one at a time (sorted)."""
@@ -104,15 +105,10 @@ class FedSALoRA:
             yield cid, {m: LoraFactors(self._A[m][: f.rank].contiguous(), f.B, f.alpha) for m, f in own.items() if m in self._A}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "seed": self.seed, "A": dict(self._A), "global": C.adapter_to_state(self._global),
-                "personal": self.personal.state_dict(), "shapes": C.shapes_to_state(self._shapes), "book": self._book.to_state()}  # fmt: skip
+        return self.server.to_state(self.name) | {"A": dict(self._A), "personal": self.personal.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        C.check_state_name(state, self.name)
-        self.seed = int(state["seed"])
+        self.server.load(state, self.name)
         self._A = {m: t.clone() for m, t in state["A"].items()}
-        self._global = C.adapter_from_state(state["global"])
         self.personal.load_state_dict(state["personal"])
-        self._shapes = C.normalize_shapes(state["shapes"])
-        self._book = C.RoundBook.from_state(state["book"])
 
