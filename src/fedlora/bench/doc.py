@@ -386,7 +386,8 @@ def _settings(base: dict) -> str:
         f"model `{m.get('name', '?')}` ({m.get('dtype', 'auto')})", f"{d.get('num_clients', '?')} clients ({d.get('partition', 'task')} partition)",
         f"{r.get('rounds', '?')} rounds", f"{t.get('local_steps', '?')} local steps of batch {t.get('batch_size', '?')} x {t.get('max_length', '?')} tokens",
         f"{d.get('max_train_per_task', '?')} training / {d.get('max_eval_per_task', '?')} eval examples per task",
-        f"held-out tasks {d.get('heldout_tasks')}", evaluation,
+        (f"{d.get('heldout_clients')} unseen clients" if d.get("source") == "client_folder" else f"held-out tasks {d.get('heldout_tasks')}"),
+        evaluation,
     ]  # fmt: skip
     if c.get("rank_levels"):
         parts.append(f"rank levels {c['rank_levels']}")
