@@ -25,7 +25,7 @@ from fedlora.lora.factors import Adapter, Update
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState
+from fedlora.strategies.server_state import ServerState, server_seed
 from fedlora.strategies.flora import merge_stacked
 
 __all__ = ["FedExLoRA"]
@@ -47,9 +47,7 @@ class FedExLoRA:
         self._residual: Adapter = {}
         self._version = 0
 
-    @property
-    def seed(self) -> int:
-        return self.server.seed
+    seed = server_seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         C.homogeneous_ranks(plans, self.server.ranks(), "FedEx-LoRA")

@@ -22,7 +22,7 @@ from fedlora.lora.robust import robust_average
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState, check_robust
+from fedlora.strategies.server_state import ServerState, check_robust, server_seed
 
 __all__ = ["FedIT", "fedavg_factors"]
 
@@ -58,9 +58,7 @@ class FedIT:
         self.robust, self.trim = robust, float(trim)
         self.server = ServerState("FedIT", seed, shapes)
 
-    @property
-    def seed(self) -> int:
-        return self.server.seed
+    seed = server_seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         C.homogeneous_ranks(plans, self.server.ranks(), "FedIT")

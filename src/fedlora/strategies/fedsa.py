@@ -31,7 +31,7 @@ from fedlora.lora.linalg import extend_rank
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState
+from fedlora.strategies.server_state import ServerState, server_seed
 from fedlora.strategies.personal_store import PersonalStore
 
 __all__ = ["FedSALoRA"]
@@ -53,9 +53,7 @@ class FedSALoRA:
         self._A: dict[str, torch.Tensor] = {}
         self.personal = PersonalStore()
 
-    @property
-    def seed(self) -> int:
-        return self.server.seed
+    seed = server_seed
 
     def attach_client_store(self, folder: str | os.PathLike, keep: int = 3) -> None:
         """Keep the personal ``B`` of every client in ``folder`` (the engine calls this)."""

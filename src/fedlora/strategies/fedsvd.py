@@ -25,7 +25,7 @@ from fedlora.lora.factors import Adapter, LoraFactors, Update
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState
+from fedlora.strategies.server_state import ServerState, server_seed
 
 __all__ = ["FedSVD"]
 
@@ -44,9 +44,7 @@ class FedSVD:
     def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
         self.server = ServerState("FedSVD", seed, shapes)
 
-    @property
-    def seed(self) -> int:
-        return self.server.seed
+    seed = server_seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         return {cid: Payload(p, init=self.server.leading_heads(p), seed=self.seed, train_A=False)

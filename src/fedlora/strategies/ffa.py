@@ -23,7 +23,7 @@ from fedlora.lora.robust import robust_average
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState, check_robust
+from fedlora.strategies.server_state import ServerState, check_robust, server_seed
 
 __all__ = ["FFALoRA", "average_B"]
 
@@ -54,9 +54,7 @@ class FFALoRA:
         self.robust, self.trim = robust, float(trim)
         self.server = ServerState("FFA-LoRA", seed, shapes)
 
-    @property
-    def seed(self) -> int:
-        return self.server.seed
+    seed = server_seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         C.homogeneous_ranks(plans, self.server.ranks(), "FFA-LoRA")

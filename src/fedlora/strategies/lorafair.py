@@ -37,6 +37,7 @@ from fedlora.lora.linalg import factor_gram_norm, rescale_alpha
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
+from fedlora.strategies.server_state import ServerState, server_seed
 
 __all__ = ["LoRAFAIR", "fair_factors"]
 
@@ -76,34 +77,34 @@ class LoRAFAIR:
     def __init__(self, *, seed: int = 0, lam: float = 0.01, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
         if not lam >= 0:
             raise ValueError(f"LoRA-FAIR: lam must be >= 0, got {lam!r}")
-        self.seed, self.lam = int(seed), float(lam)
-        self._shapes: C.Shapes = C.normalize_shapes(shapes)
-        self._global: Adapter = {}
+        self.lam = float(lam)
+        self.server = ServerState("LoRA-FAIR", seed, shapes)
         self._refined: dict[str, dict[int, torch.Tensor]] = {}
         self._ranks: dict[str, set[int]] = {}
-        self._book = C.RoundBook()
+
+    seed = server_seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
-        plans_by_id = self._book.start(server_round, plans, "LoRA-FAIR")
+        plans_by_id = self.server.start(server_round, plans)
         for p in plans_by_id.values():
             for m, r in p.ranks.items():
                 self._ranks.setdefault(m, set()).add(int(r))
-        return {cid: Payload(p, init={m: self._client_init(m, int(r), float(p.alphas[m])) for m, r in p.ranks.items() if m in self._global},
+        return {cid: Payload(p, init={m: self._client_init(m, int(r), float(p.alphas[m])) for m, r in p.ranks.items() if m in self.server.adapter},
                              seed=self.seed) for cid, p in plans_by_id.items()}  # fmt: skip
 
     def _client_init(self, module: str, rank: int, alpha: float) -> LoraFactors:
-        g = self._global[module]
+        g = self.server.adapter[module]
         B = self._refined.get(module, {}).get(rank)
         if B is None:
             return client_head(g, rank, alpha, self.seed, module)
         return rescale_alpha(LoraFactors(g.A[:rank], B, float(rank)), alpha)
 
     def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
-        shapes = C.round_shapes(self._shapes, updates)
-        valid, rejected = C.validate_round(self._book, server_round, updates, "LoRA-FAIR", shapes, exact_rank=True)
-        new, refined = dict(self._global), dict(self._refined)
+        shapes = self.server.round_shapes(updates)
+        valid, rejected = self.server.validate(server_round, updates, shapes, exact_rank=True)
+        new, refined = {}, dict(self._refined)
         before, after = [], []
-        for module, group in C.by_module(valid, self._book.plans).items():
+        for module, group in self.server.groups(valid).items():
             factors, weights = [f for _, f in group], C.example_weights(group)
             A, B_avg, per_rank = fair_factors(factors, weights, sorted(self._ranks.get(module, ())), self.lam)
             r = A.shape[0]
@@ -111,26 +112,24 @@ class LoRAFAIR:
             if sum(f.rank for f in factors) <= _RESIDUAL_METRIC_MAX_RANK:
                 before.append(relative_residual(factors, weights, LoraFactors(A, B_avg, float(r))))
                 after.append(relative_residual(factors, weights, new[module]))
-        self._global, self._refined = new, refined
-        self._shapes.update({m: shapes[m] for m in new})
-        metrics = C.round_metrics(valid, rejected)
-        if before:
-            metrics |= {"fedavg_relative_residual": sum(before) / len(before), "fair_relative_residual": sum(after) / len(after)}
-        return RoundResult([u.client_id for u in valid], rejected, metrics)
+        self._refined = refined
+        self.server.commit(new, shapes)
+        extra = {"fedavg_relative_residual": sum(before) / len(before), "fair_relative_residual": sum(after) / len(after)} if before else {}
+        return self.server.result(valid, rejected, extra)
 
     def global_adapter(self) -> Adapter:
         """``(Ā, B')`` at each module's largest rank of its last round, ``alpha = r`` (scale 1)."""
-        return dict(self._global)
+        return dict(self.server.adapter)
 
     def state_dict(self) -> dict[str, Any]:
-        return C.global_state(self) | {
+        return self.server.to_state(self.name) | {
             "lam": self.lam,
             "refined": {m: {str(r): B for r, B in per.items()} for m, per in self._refined.items()},
             "ranks": {m: sorted(rs) for m, rs in self._ranks.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        C.load_global_state(self, state)
+        self.server.load(state, self.name)
         self.lam = float(state["lam"])
         self._refined = {m: {int(r): B.clone() for r, B in per.items()} for m, per in state["refined"].items()}
         self._ranks = {m: {int(r) for r in rs} for m, rs in state["ranks"].items()}

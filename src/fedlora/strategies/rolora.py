@@ -23,7 +23,7 @@ from fedlora.lora.factors import Adapter, LoraFactors, Update
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState
+from fedlora.strategies.server_state import ServerState, server_seed
 
 __all__ = ["RoLoRA", "trains_A"]
 
@@ -47,9 +47,7 @@ class RoLoRA:
     def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
         self.server = ServerState("RoLoRA", seed, shapes)
 
-    @property
-    def seed(self) -> int:
-        return self.server.seed
+    seed = server_seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         a_round = trains_A(server_round)

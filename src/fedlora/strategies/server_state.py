@@ -28,13 +28,17 @@ from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import RoundResult
 
-__all__ = ["ServerState", "check_robust"]
+__all__ = ["ServerState", "check_robust", "server_seed"]
 
 
 def check_robust(robust: str, trim: float, method: str) -> None:
     """A method's ``robust`` rule and ``trim`` fraction, or a ValueError naming both."""
     if robust not in ROBUST_RULES or not 0 <= trim < 0.5:
         raise ValueError(f"{method}: robust must be one of {', '.join(ROBUST_RULES)} and 0 <= trim < 0.5; got {robust!r}, {trim}")
+
+
+server_seed = property(lambda self: self.server.seed, doc="The method's seed (its ``server`` state's), for wrappers such as FedProx.")
+"""A method that holds a :class:`ServerState` as ``self.server`` declares ``seed = server_seed``."""
 
 
 class ServerState:
