@@ -94,17 +94,15 @@ def _output_errors(run_dir: Path) -> list[str]:
     return []
 
 
-_TRACKER_MODULES = {"tensorboard": ("tensorboard", "pip install 'fedlora[tracking]'"), "mlflow": ("mlflow", "pip install mlflow"),
-                    "wandb": ("wandb", "pip install wandb")}  # fmt: skip
-
-
 def _tracker_errors(cfg: Config) -> list[str]:
     """A tracker of ``run.log_to`` whose library is not installed is refused before the run, never skipped."""
     import importlib.util
 
+    from fedlora.engine.tracking import TRACKER_PACKAGES
+
     out = []
     for name in cfg.run.log_to:
-        module, install = _TRACKER_MODULES[name]
+        module, install = TRACKER_PACKAGES[name]
         if importlib.util.find_spec(module) is None:
             out.append(f"run.log_to names {name!r} but {module} is not installed: {install}, or remove it from run.log_to")
     return out

@@ -24,11 +24,12 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["TRACKERS", "Tracker", "make_trackers", "scalars_of", "flatten_config"]
+__all__ = ["TRACKERS", "TRACKER_PACKAGES", "Tracker", "make_trackers", "scalars_of", "flatten_config"]
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
-_INSTALL = {"tensorboard": "pip install 'fedlora[tracking]' (or tensorboard)", "mlflow": "pip install mlflow",
-            "wandb": "pip install wandb"}  # fmt: skip
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "pip install 'fedlora[tracking]'"), "mlflow": ("mlflow", "pip install mlflow"),
+                    "wandb": ("wandb", "pip install wandb")}  # fmt: skip
+"""Tracker -> (the module it needs, the command that installs it)."""
 _SKIP = {"round", "type", "split", "client"}
 
 
@@ -150,6 +151,6 @@ def make_trackers(names: Sequence[str], run_dir: str | Path, config: Mapping[str
         except ImportError as err:
             for tracker in out:
                 tracker.close()
-            raise ValueError(f"run.log_to = {list(names)}: {name} is not installed ({err.name}); {_INSTALL[name]}, "
+            raise ValueError(f"run.log_to = {list(names)}: {name} is not installed ({err.name}); {TRACKER_PACKAGES[name][1]}, "
                              f"or remove {name!r} from run.log_to") from None
     return out
