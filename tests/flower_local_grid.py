@@ -45,6 +45,13 @@ def wire_roundtrip(content: RecordDict) -> RecordDict:
     return inflate_object_from_contents(content.object_id, blobs)
 
 
+def claim_server_identity(run_id: int = 1) -> None:
+    """What Flower's ServerApp runtime sets before a strategy builds its first ``Message``."""
+    TaskIdentity.run_id = run_id
+    TaskIdentity.task_id = 1
+    TaskIdentity.node_id = SERVER_NODE_ID
+
+
 class LocalGrid(Grid):
     """A Grid whose nodes are ClientApp calls in this process.
 
@@ -82,9 +89,7 @@ class LocalGrid(Grid):
         self._claim_identity()
 
     def _claim_identity(self) -> None:
-        TaskIdentity.run_id = self._run.run_id
-        TaskIdentity.task_id = 1
-        TaskIdentity.node_id = SERVER_NODE_ID
+        claim_server_identity(self._run.run_id)
 
     # ---------------------------------------------------------- fault injection
     def silence(self, node_id: int, message_types: Iterable[str] | None = None) -> None:

@@ -18,7 +18,7 @@ pytest.importorskip("flwr")
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict  # noqa: E402
 
-from flower_local_grid import run_in_process  # noqa: E402
+from flower_local_grid import claim_server_identity, run_in_process  # noqa: E402
 from fedlora.flower.strategy import FedLoraStrategy, node_client_id  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flower_custom_app"
@@ -62,6 +62,7 @@ def test_configure_sends_each_node_its_own_rank_and_a_malformed_reply_is_rejecte
     from fedlora.lora.factors import LoraFactors, Update
 
     module = "model.layers.0.self_attn.q_proj"
+    claim_server_identity()  # as the ServerApp runtime does before the strategy runs
     strategy = FedLoraStrategy("flexlora", modules=[module], ranks={11: 2, 12: 4})
     messages = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), _Grid()))
     plans = {m.metadata.dst_node_id: S.content_to_payload(m.content).payload.plan for m in messages}
@@ -78,6 +79,15 @@ def test_configure_sends_each_node_its_own_rank_and_a_malformed_reply_is_rejecte
     assert metrics["accepted"] == 1.0 and metrics["rejected"] == 1.0
     assert "malformed reply" in strategy.history[-1]["rejected"][node_client_id(12)]
     assert strategy.global_adapter()[module].rank >= 1 and len(arrays) == 2
+    # communication: the factors' bytes both ways (fp32: 4 bytes per entry and a .npy header of at most 128
+    # bytes per array, as Flower's numpy Array carries them; FlexLoRA sends no factors in round 1)
+    received = strategy.history[-1]["bytes_received"]
+    assert received == metrics["bytes_received"] and 4 * 2 * (64 + 64) < received <= 4 * 2 * (64 + 64) + 2 * 128
+    assert strategy.history[-1]["bytes_sent"] == 0
+    second = list(strategy.configure_train(2, arrays, ConfigRecord(), _Grid()))
+    entries = sum(f.rank * (64 + 64) for f in (S.content_to_payload(m.content).payload.init[module] for m in second))
+    strategy.aggregate_train(2, [])  # no reply came back: the round is recorded with what was sent
+    assert 4 * entries < strategy.history[-1]["bytes_sent"] <= 4 * entries + 2 * len(second) * 128
 
 
 # ----------------------------------------------------------------------------- Flower's wrappers never drop a guarantee

@@ -48,6 +48,7 @@ __all__ = [
     "update_to_content",
     "content_to_update",
     "metrics_to_record",
+    "content_nbytes",
     "record_to_metrics",
 ]
 
@@ -77,6 +78,11 @@ def tensor_to_array(t: torch.Tensor) -> Array:
         data = t.view(torch.int16).numpy().astype("<i2").tobytes()
         return Array(dtype="bfloat16", shape=tuple(int(s) for s in t.shape), stype=_RAW_STYPE, data=data)
     return Array(t.numpy())
+
+
+def content_nbytes(content: RecordDict) -> int:
+    """Bytes of the arrays a message carries (its communication cost, without protocol framing)."""
+    return sum(len(arr.data) for record in content.array_records.values() for arr in record.values())
 
 
 def array_to_tensor(arr: Array, where: str) -> torch.Tensor:

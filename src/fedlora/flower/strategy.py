@@ -95,6 +95,7 @@ class FedLoraStrategy(FlowerStrategy):
         self.fraction_evaluate, self.seed, self.norm_bound = float(fraction_evaluate), int(seed), float(norm_bound)
         self.history: list[dict[str, Any]] = []
         self._returned: ArrayRecord | None = None  # the arrays aggregate_train last returned
+        self._sent_bytes = 0  # the arrays' bytes of the last round's train messages
 
     # ------------------------------------------------------------------ plans
 
@@ -140,12 +141,14 @@ class FedLoraStrategy(FlowerStrategy):
                                            client_seed=derive_seed(self.seed, "client", server_round, n))  # fmt: skip
             content["config"] = config
             messages.append(Message(content, dst_node_id=n, message_type="train"))
+        self._sent_bytes = sum(S.content_nbytes(m.content) for m in messages)
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates, failed = [], {}
+        updates, failed, received = [], {}, 0
         for reply in replies:
             cid = node_client_id(reply.metadata.src_node_id)
+            received += 0 if reply.has_error() else S.content_nbytes(reply.content)
             if reply.has_error():
                 failed[cid] = f"node error {reply.error.code}: {reply.error.reason}"
                 continue
@@ -156,10 +159,12 @@ class FedLoraStrategy(FlowerStrategy):
         result = guarded_aggregate(self.method, server_round, updates, norm_bound=self.norm_bound) if updates else None
         rejected = {**failed, **(dict(result.rejected) if result else {})}
         losses = [u.metrics["train_loss"] for u in updates if "train_loss" in u.metrics and u.client_id not in rejected]
-        metrics = {"accepted": float(len(result.accepted) if result else 0), "rejected": float(len(rejected))}
+        metrics = {"accepted": float(len(result.accepted) if result else 0), "rejected": float(len(rejected)),
+                   "bytes_sent": float(self._sent_bytes), "bytes_received": float(received)}  # fmt: skip
         if losses:
             metrics["train_loss"] = sum(losses) / len(losses)
-        self.history.append({"round": server_round, "accepted": list(result.accepted) if result else [], "rejected": rejected})
+        self.history.append({"round": server_round, "accepted": list(result.accepted) if result else [], "rejected": rejected,
+                             "bytes_sent": self._sent_bytes, "bytes_received": received})  # fmt: skip
         for cid, why in sorted(rejected.items()):
             logger.warning("fedlora: round %s rejected %s: %s", server_round, cid, why)
         if not (result and result.accepted):
