@@ -158,3 +158,64 @@ def test_llama_7b_module_set_is_solved_quickly():
     elapsed = time.perf_counter() - t0
     assert sel.predicted_bytes <= 20 * 2**30 and 0 < len(sel.modules) < 224
     assert elapsed < 1.0, f"{1000 * elapsed:.0f} ms"  # generous: shared CI cores
+
+
+# ----------------------------------------------------------------------------- precision and modules jointly
+
+
+def _quantizable_spec(layers: int):
+    """Shapes large enough that a quantized base is smaller (NF4 and int8 add fixed tables per layer)."""
+    hidden, inter, vocab = 256, 512, 64
+    decoder = layers * (2 * hidden * hidden + 2 * hidden * hidden // 2 + 3 * hidden * inter)
+    return llama_spec(layers=layers, hidden=hidden, inter=inter, vocab=vocab, heads=4, kv_heads=2, params=decoder + 2 * vocab * hidden)
+
+
+def _precision_instance(seed: int):
+    rng = random.Random(300 + seed)
+    spec = _quantizable_spec(3)
+    values = {m: rng.random() for m in rng.sample(list(spec.module_names), 6)}
+    kwargs = dict(batch_size=rng.randint(1, 3), seq_len=rng.randint(1, 8), optimizer=rng.choice(["adamw", "sgd"]),
+                  grad_checkpointing=rng.random() < 0.3)  # fmt: skip
+    models = {q: MemoryModel(spec, **kwargs, quantization=q) for q in ("none", "int8", "nf4")}
+    low = models["nf4"].minimum_bytes(2, list(values))
+    high = models["none"].peak_bytes({m: 2 for m in values})
+    weights = {"none": 1.0, "int8": rng.uniform(0.7, 1.0), "nf4": rng.uniform(0.5, 1.0)}
+    return values, models, rng.randint(low, high), weights
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_joint_precision_and_modules_match_enumeration(seed):
+    from fedlora.allocation.knapsack import select_precision_and_modules
+
+    values, models, budget, weights = _precision_instance(seed)
+    expected = max((weights[q] * brute_force(values, mm, budget, (2,))[0], -i, q) for i, (q, mm) in enumerate(models.items())
+                   if brute_force(values, mm, budget, (2,))[0] >= 0)  # fmt: skip
+    got = select_precision_and_modules(values, models, budget, (2,), precision_weights=weights, unit_bytes=1)
+    assert got.weighted_value == pytest.approx(expected[0], abs=1e-12)
+    assert got.quantization == expected[2]  # ties go to the precision listed first
+    assert got.selection.predicted_bytes == models[got.quantization].peak_bytes(got.selection.modules) <= budget
+
+
+def test_a_client_that_fits_everything_in_nf4_but_half_in_full_precision_picks_nf4():
+    from fedlora.allocation.knapsack import select_precision_and_modules
+
+    spec = _quantizable_spec(4)
+    values = {m: 1.0 for m in spec.module_names}
+    models = {q: MemoryModel(spec, batch_size=4, seq_len=64, quantization=q) for q in ("none", "nf4")}  # activations matter
+    everything = {m: 8 for m in spec.module_names}
+    budget = models["nf4"].peak_bytes(everything)
+    assert models["none"].peak_bytes(everything) > budget  # in full precision not every module fits
+    got = select_precision_and_modules(values, models, budget, (8,), unit_bytes=1)
+    assert got.quantization == "nf4" and got.selection.modules == everything
+    half = select_precision_and_modules(values, models, budget, (8,), precision_weights={"nf4": 0.01}, unit_bytes=1)  # NF4 costly
+    assert half.quantization == "none" and 0 < len(half.selection.modules) < len(everything)
+
+
+def test_joint_selection_raises_the_smallest_need_when_nothing_fits_anywhere():
+    from fedlora.allocation.knapsack import select_precision_and_modules
+
+    spec = _quantizable_spec(2)
+    models = {q: MemoryModel(spec, batch_size=1, seq_len=4, quantization=q) for q in ("none", "nf4")}
+    with pytest.raises(BudgetTooSmallError) as err:
+        select_precision_and_modules({m: 1.0 for m in spec.module_names}, models, 1, (8,))
+    assert err.value.needed_bytes == models["nf4"].minimum_bytes(8, list(spec.module_names))

@@ -34,7 +34,7 @@ import torch
 
 from fedlora.allocation.memory import MemoryModel, format_bytes
 
-__all__ = ["BudgetTooSmallError", "Selection", "select_modules"]
+__all__ = ["BudgetTooSmallError", "Selection", "PrecisionSelection", "select_modules", "select_precision_and_modules"]
 
 _MAX_OPTIONS = 4096
 
@@ -198,6 +198,62 @@ def select_modules(
     if best[1] < 0:
         raise _too_small(memory_model, groups, base, budget_bytes)
     return _reconstruct(best, groups, trace, u, memory_model, values, budget_bytes, frozen)
+
+
+@dataclass(frozen=True)
+class PrecisionSelection:
+    """A client's base precision (``quantization``: ``"none"``, ``"int8"``, ``"nf4"``) and the modules it trains at
+    that precision; ``weighted_value`` is the selection's value times the precision's weight."""
+
+    quantization: str
+    selection: Selection
+    weighted_value: float
+
+
+def select_precision_and_modules(
+    values: Mapping[str, float] | Mapping[str, Mapping[int, float]],
+    memory_models: Mapping[str, MemoryModel],
+    budget_bytes: int,
+    rank_options: Sequence[int] | Mapping[str, Sequence[int]] = (8,),
+    *,
+    precision_weights: Mapping[str, float] | None = None,
+    frozen: Mapping[str, int] | None = None,
+    unit_bytes: int | None = None,
+    resolution: int = 1 << 13,
+) -> PrecisionSelection:
+    """The base precision and the modules, chosen jointly under one budget by the same value model.
+
+    ``max_p w_p · max_S {value(S) : peak_p(S) <= budget}`` over the precisions ``p`` of ``memory_models``
+    (one ``MemoryModel`` per precision, same spec and step; ``quantization`` sets its base bytes): the
+    inner maximum is :func:`select_modules`, so the joint choice is exact whenever it is (``unit_bytes=1``).
+    ``w_p`` (``precision_weights``, default 1 for every precision) discounts the value of training over a
+    quantized base; a tie goes to the precision listed first (list the most precise first). A precision
+    at which nothing fits is skipped; the error is raised only when nothing fits at any.
+
+    Example: a client that fits every module over an NF4 base but half of them in bf16 trains every
+    module in NF4 unless ``w_nf4 · value(all) < value(best half)``.
+    """
+    if not memory_models:
+        raise ValueError("select_precision_and_modules: memory_models is empty; give one MemoryModel per precision")
+    weights = dict(precision_weights or {})
+    unknown = sorted(set(weights) - set(memory_models))
+    if unknown:
+        raise ValueError(f"select_precision_and_modules: precision_weights names {unknown}, not among {sorted(memory_models)}")
+    best: PrecisionSelection | None = None
+    smallest: BudgetTooSmallError | None = None
+    for precision, mm in memory_models.items():
+        try:
+            sel = select_modules(values, mm, budget_bytes, rank_options, frozen=frozen, unit_bytes=unit_bytes, resolution=resolution)
+        except BudgetTooSmallError as err:
+            smallest = err if smallest is None or err.needed_bytes < smallest.needed_bytes else smallest
+            continue
+        weighted = float(weights.get(precision, 1.0)) * sel.value
+        if best is None or weighted > best.weighted_value + 1e-12:
+            best = PrecisionSelection(precision, sel, weighted)
+    if best is None:
+        assert smallest is not None
+        raise smallest
+    return best
 
 
 def _units(cost: int, u: int) -> int:
