@@ -31,6 +31,15 @@ def test_a_quantized_base_trains_float32_factors_and_exports_for_the_full_precis
     assert type(engine.model.model.layers[0].self_attn.q_proj).__name__ == layer  # the base really is quantized
     losses = [r["train_loss"] for r in result.records if r["type"] == "round"]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    # each client's record carries the memory model's peak at this precision, below the full-precision one
+    from fedlora.allocation.memory import MemoryModel
+    from fedlora.engine.plans import memory_model_kwargs
+
+    kwargs = memory_model_kwargs(engine.cfg, engine.spec)
+    quantized, full = MemoryModel(engine.spec, **kwargs), MemoryModel(engine.spec, **{**kwargs, "quantization": "none"})
+    clients = [r for r in result.records if r["type"] == "client"]
+    for r, plan in ((r, {m: r["rank"] for m in engine.spec.module_names}) for r in clients if r["rank"] == min(c["rank"] for c in clients)):
+        assert r["predicted_peak_bytes"] <= quantized.peak_bytes(plan) < full.peak_bytes(plan)
     adapter = result.strategy.global_adapter()
     assert adapter and all(f.A.dtype == torch.float32 and f.B.dtype == torch.float32 for f in adapter.values())
     paths = export_run(tmp_path / "run", tmp_path / "export")

@@ -5,7 +5,9 @@ Record types (field ``type``):
   ``rank`` (largest planned rank), ``trained_modules``, ``num_examples``, ``loss`` (mean over steps),
   ``loss_first``, ``loss_last``, ``steps``, ``seconds``, ``bytes_down`` (the payload's starting
   factors and any FLoRA base delta) and ``bytes_up`` (the trained factors of the update; FFA-LoRA's
-  frozen ``A`` is not sent), counted from the actual tensors; ``error`` when it failed or was rejected.
+  frozen ``A`` is not sent), counted from the actual tensors; ``predicted_peak_bytes`` (the memory model's
+  peak of the client's step, :mod:`fedlora.allocation.memory`, with the run's base precision) and on CUDA
+  ``peak_bytes`` (measured, ``torch.cuda.max_memory_allocated``); ``error`` when it failed or was rejected.
 - ``round``: one per round: ``round``, ``clients``, ``accepted``, ``failed``, ``rejected``,
   ``train_loss`` (mean of the clients' losses), ``seconds``, ``bytes_down``/``bytes_up`` totals and
   the strategy's own metrics under ``strategy/``.

@@ -53,6 +53,8 @@ def _client_line(r: dict) -> str:
         return f"{head}  [yellow]straggler, dropped[/]: {r.get('error', '')}"
     text = (f"{head}  loss {r['loss_first']:.3f} → {r['loss_last']:.3f} (mean {r['loss']:.3f})  "
             f"{r['steps']} steps{' (partial: deadline)' if r.get('partial') else ''}  {r['seconds']:.1f} s  ↓{format_bytes(r['bytes_down'])} ↑{format_bytes(r['bytes_up'])}")  # fmt: skip
+    if "predicted_peak_bytes" in r:
+        text += f"  mem {format_bytes(r['predicted_peak_bytes'])}" + (f" (measured {format_bytes(r['peak_bytes'])})" if "peak_bytes" in r else " predicted")
     return text + (f"  [red]rejected[/] {r.get('error', '')}" if r["status"] == "rejected" else "")
 
 

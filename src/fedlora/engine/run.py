@@ -31,7 +31,7 @@ from fedlora.engine.preflight import preflight, preflight_data_and_output
 from fedlora.strategies.guard import guarded_aggregate
 from fedlora.engine.data import FederatedData, build_data
 from fedlora.engine.metrics_log import METRICS_FILE, MetricsLog
-from fedlora.engine.plans import Planner, client_speeds
+from fedlora.engine.plans import Planner, client_speeds, memory_model_kwargs
 from fedlora.engine.progress import Progress
 from fedlora.engine.sampling import client_seed, clients_per_round, sample_clients
 
@@ -184,6 +184,9 @@ class Engine:
         if attach is not None:
             attach(self.run_dir / "client_state", keep=self.cfg.run.keep_checkpoints * self.cfg.run.checkpoint_every + 1)
         self.shapes = {m.name: (m.d_out, m.d_in) for m in self.spec.modules}
+        from fedlora.allocation.memory import MemoryModel
+
+        self.memory = MemoryModel(self.spec, **memory_model_kwargs(self.cfg, self.spec))
         self.progress.message(f"model {self.cfg.model.name}: {self.spec.num_parameters / 1e6:.1f}M parameters, "
                               f"{len(self.spec.modules)} LoRA modules; set up in {time.perf_counter() - t0:.1f} s; "
                               f"{threads} CPU threads ({why})")  # fmt: skip
@@ -394,10 +397,12 @@ class Engine:
 
     def _client_record(self, server_round: int, cid: str, payload: Any, work: Any) -> dict:
         plan = payload.plan
+        trained = {m: r for m, r in plan.ranks.items() if m in plan.trainable_modules}
+        frozen = {m: r for m, r in plan.ranks.items() if m not in trained}
         return {"type": "client", "round": server_round, "client": cid, "rank": max(plan.ranks.values()),
                 "trained_modules": len(plan.trainable_modules), "num_examples": len(self.data.clients[cid]),
                 "bytes_down": payload_bytes(payload), "bytes_up": 0, "sim_seconds": work.seconds,
-                "speed": self.clocks[cid].speed}  # fmt: skip
+                "speed": self.clocks[cid].speed, "predicted_peak_bytes": self.memory.peak_bytes(trained, frozen=frozen)}  # fmt: skip
 
     def _train_lockstep(self, server_round: int, ids: Sequence[str], payloads: Mapping[str, Any], work: Mapping[str, Any]) -> dict[str, tuple[dict, Any]]:
         """``train.lockstep``: clients with the same number of steps train together (:mod:`fedlora.client.lockstep`).
@@ -445,6 +450,11 @@ class Engine:
             record["partial"] = True
         self.progress.client_start(server_round, cid, record["rank"], work.steps)
         started = time.perf_counter()
+        device = next(self.model.parameters()).device
+        if device.type == "cuda":  # the measured peak of this client's training, beside the prediction
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(device)
         try:
             seed = client_seed(self.cfg.run.seed, server_round if seed_round is None else seed_round, cid)
             update = self.trainer.train(payload, examples, client_seed=seed, on_step=self.progress.step, steps=work.steps)
@@ -459,6 +469,10 @@ class Engine:
                       steps=int(m["steps"]), seconds=m["seconds"], bytes_up=update_bytes(update, payload))  # fmt: skip
         if "trained_modules" in m:  # a client-side rule chose fewer modules than the plan allowed (Fed-HeLLo)
             record["trained_modules"] = int(m["trained_modules"])
+        if device.type == "cuda":
+            import torch
+
+            record["peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
         self.progress.client_end(record | {"planned_steps": self.cfg.train.local_steps})
         return record, update
 
