@@ -58,23 +58,42 @@ class MethodFacts:
     heterogeneous_ranks: bool
 
 
+def _class_chain(module: str, cls_name: str) -> list[ast.ClassDef]:
+    """The class ``module.cls_name`` and its fedlora base classes (first base, through ``from X import Base``)."""
+    chain = []
+    while module.startswith("fedlora."):
+        source = Path(__file__).resolve().parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name)
+        chain.append(cls)
+        base = next((b.id for b in cls.bases if isinstance(b, ast.Name)), None)
+        if base is None:
+            break
+        if not any(isinstance(n, ast.ClassDef) and n.name == base for n in tree.body):  # defined elsewhere: where it is imported from
+            module = next((n.module or "" for n in tree.body if isinstance(n, ast.ImportFrom) and any(a.name == base for a in n.names)), "")
+        cls_name = base
+    return chain
+
+
+def _ranks_flag(cls: ast.ClassDef) -> bool | None:
+    for node in cls.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) and node.value else []
+        if any(isinstance(t, ast.Name) and t.id == "heterogeneous_ranks" for t in targets):
+            return bool(ast.literal_eval(node.value))
+    return None
+
+
 @lru_cache(maxsize=None)
 def method_facts(name: str) -> MethodFacts:
-    """The facts of registered method ``name``, from its source file (nothing is imported).
+    """The facts of registered method ``name``, from its source file and those of its fedlora base classes
+    (nothing is imported): the keyword arguments of the nearest ``__init__`` and the nearest
+    ``heterogeneous_ranks`` (default True).
 
     Raises:
         KeyError: ``name`` is not registered. FileNotFoundError: its module is not installed.
     """
-    module, cls_name = LOCATIONS[name]
-    source = Path(__file__).resolve().parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
-    tree = ast.parse(source.read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name)
-    init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+    chain = _class_chain(*LOCATIONS[name])
+    init = next((n for cls in chain for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
     arguments = tuple(a.arg for a in init.args.kwonlyargs if a.arg not in _NOT_ARGUMENTS) if init else ()
-    flag = True
-    for node in cls.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "heterogeneous_ranks" for t in node.targets):
-            flag = bool(ast.literal_eval(node.value))
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "heterogeneous_ranks" and node.value:
-            flag = bool(ast.literal_eval(node.value))
+    flag = next((f for f in map(_ranks_flag, chain) if f is not None), True)
     return MethodFacts(arguments, flag)

@@ -12,17 +12,14 @@ minimum rank; mixed ranks raise a ValueError.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import torch
 
-from fedlora.allocation.plan import ClientPlan
-from fedlora.lora.factors import Adapter, LoraFactors, Update
+from fedlora.lora.factors import LoraFactors
 from fedlora.lora.robust import robust_average
-from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
-from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState, check_robust, server_seed
+from fedlora.strategies.homogeneous import HomogeneousAveraging
 
 __all__ = ["FedIT", "fedavg_factors"]
 
@@ -40,43 +37,12 @@ def fedavg_factors(factors: Sequence[LoraFactors], weights: Sequence[float], rul
     return LoraFactors(A.to(C.STATE_DTYPE), B.to(C.STATE_DTYPE), float(rank))
 
 
-class FedIT:
-    """FedAvg on LoRA ``A`` and ``B`` (homogeneous rank).
-
-    Args:
-        seed: seed of the shared fresh init (round 1: every client gets the same ``A``).
-        shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
-        robust: ``mean`` (FedAvg), or the robust ``median`` / ``trimmed_mean`` (fraction ``trim`` cut at each end).
-    """
+class FedIT(HomogeneousAveraging):
+    """FedAvg on LoRA ``A`` and ``B`` (homogeneous rank); ``robust``: ``mean`` (FedAvg), ``median`` or ``trimmed_mean``."""
 
     name = "fedit"
+    label = "FedIT"
     heterogeneous_ranks = False
 
-    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None,
-                 robust: str = "mean", trim: float = 0.1) -> None:  # fmt: skip
-        check_robust(robust, trim, "FedIT")
-        self.robust, self.trim = robust, float(trim)
-        self.server = ServerState("FedIT", seed, shapes)
-
-    seed = server_seed
-
-    def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
-        C.homogeneous_ranks(plans, self.server.ranks(), "FedIT")
-        return {cid: Payload(p, init=self.server.init_at_alpha(p), seed=self.seed) for cid, p in self.server.start(server_round, plans).items()}
-
-    def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
-        shapes = self.server.round_shapes(updates)
-        valid, rejected = self.server.validate(server_round, updates, shapes, exact_rank=True)
-        groups = self.server.groups(valid)
-        self.server.commit({m: fedavg_factors([f for _, f in g], C.example_weights(g), self.robust, self.trim) for m, g in groups.items()}, shapes)
-        return self.server.result(valid, rejected)
-
-    def global_adapter(self) -> Adapter:
-        """Global ``A``, ``B`` with ``alpha = r`` (scale 1): ``ΔW = B @ A``."""
-        return dict(self.server.adapter)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.server.to_state(self.name)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.server.load(state, self.name)
+    def merge(self, factors: Sequence[LoraFactors], weights: Sequence[float]) -> LoraFactors:
+        return fedavg_factors(factors, weights, self.robust, self.trim)
