@@ -25,13 +25,13 @@ from fedlora.lora.factors import Adapter, Update
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState, server_seed
+from fedlora.strategies.server_state import OnServerState, ServerState
 from fedlora.strategies.flora import merge_stacked
 
 __all__ = ["FedExLoRA"]
 
 
-class FedExLoRA:
+class FedExLoRA(OnServerState):
     """FedAvg of ``A`` and ``B`` with the exact residual folded into the base (homogeneous rank).
 
     Args:
@@ -47,7 +47,6 @@ class FedExLoRA:
         self._residual: Adapter = {}
         self._version = 0
 
-    seed = server_seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         C.homogeneous_ranks(plans, self.server.ranks(), "FedEx-LoRA")

@@ -31,13 +31,13 @@ from fedlora.lora.linalg import extend_rank
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState, server_seed
+from fedlora.strategies.server_state import OnServerState, ServerState
 from fedlora.strategies.personal_store import PersonalStore
 
 __all__ = ["FedSALoRA"]
 
 
-class FedSALoRA:
+class FedSALoRA(OnServerState):
     """Shared ``A`` (aggregated), personal ``B`` (kept per client).
 
     Args:
@@ -53,7 +53,6 @@ class FedSALoRA:
         self._A: dict[str, torch.Tensor] = {}
         self.personal = PersonalStore()
 
-    seed = server_seed
 
     def attach_client_store(self, folder: str | os.PathLike, keep: int = 3) -> None:
         """Keep the personal ``B`` of every client in ``folder`` (the engine calls this)."""
@@ -93,9 +92,6 @@ class FedSALoRA:
         self.server.commit(new_global, shapes)
         return self.server.result(valid, rejected)
 
-    def global_adapter(self) -> Adapter:
-        """``B̄ Ā`` with ``alpha = r`` (scale 1): the shared ``A`` and the round's mean personal ``B``."""
-        return dict(self.server.adapter)
 
     def personal_adapters(self) -> Iterator[tuple[str, Adapter]]:
         """``(client, s_k B_k Ā[:r_k])`` for every client that has trained, one at a time (sorted)."""

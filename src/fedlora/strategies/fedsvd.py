@@ -17,20 +17,20 @@ update (FlexLoRA's truncated SVD). ``B_k`` is zero-padded to ``r_max``; since ``
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.compose import orthonormal_refactor, padded_average
-from fedlora.lora.factors import Adapter, LoraFactors, Update
+from fedlora.lora.factors import LoraFactors, Update
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState, server_seed
+from fedlora.strategies.server_state import OnServerState, ServerState
 
 __all__ = ["FedSVD"]
 
 
-class FedSVD:
+class FedSVD(OnServerState):
     """``B``-only training with the aggregate re-factored by SVD so that ``A`` follows the update.
 
     Args:
@@ -44,7 +44,6 @@ class FedSVD:
     def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
         self.server = ServerState("FedSVD", seed, shapes)
 
-    seed = server_seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         return {cid: Payload(p, init=self.server.leading_heads(p), seed=self.seed, train_A=False)
@@ -62,12 +61,3 @@ class FedSVD:
         self.server.commit(new, shapes)
         return self.server.result(valid, rejected)
 
-    def global_adapter(self) -> Adapter:
-        """``A`` with orthonormal rows and ``B = U S`` at the largest rank seen, ``alpha = r`` (scale 1)."""
-        return dict(self.server.adapter)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.server.to_state(self.name)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.server.load(state, self.name)

@@ -12,18 +12,18 @@ Homogeneous rank per module is required (a shared frozen ``A`` has one shape); a
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
 from fedlora.allocation.plan import ClientPlan
-from fedlora.lora.factors import Adapter, LoraFactors, Update
+from fedlora.lora.factors import LoraFactors, Update
 from fedlora.lora.linalg import init_lora_factors
 from fedlora.lora.robust import robust_average
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState, check_robust, server_seed
+from fedlora.strategies.server_state import OnServerState, ServerState, check_robust
 
 __all__ = ["FFALoRA", "average_B"]
 
@@ -36,7 +36,7 @@ def average_B(factors: Sequence[LoraFactors], weights: Sequence[float], frozen_A
     return LoraFactors(frozen_A.to(C.STATE_DTYPE), B.to(C.STATE_DTYPE), float(frozen_A.shape[0]))
 
 
-class FFALoRA:
+class FFALoRA(OnServerState):
     """FFA-LoRA: frozen shared ``A``, federated average of ``B``.
 
     Args:
@@ -54,7 +54,6 @@ class FFALoRA:
         self.robust, self.trim = robust, float(trim)
         self.server = ServerState("FFA-LoRA", seed, shapes)
 
-    seed = server_seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         C.homogeneous_ranks(plans, self.server.ranks(), "FFA-LoRA")
@@ -77,12 +76,3 @@ class FFALoRA:
                             for m, g in groups.items()}, shapes)  # fmt: skip
         return self.server.result(valid, rejected)
 
-    def global_adapter(self) -> Adapter:
-        """Frozen ``A`` and averaged ``B`` with ``alpha = r`` (scale 1): ``ΔW = B @ A``."""
-        return dict(self.server.adapter)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.server.to_state(self.name)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.server.load(state, self.name)

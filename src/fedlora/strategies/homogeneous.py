@@ -13,19 +13,19 @@ a robust variant (:mod:`fedlora.lora.robust`).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from fedlora.allocation.plan import ClientPlan
-from fedlora.lora.factors import Adapter, LoraFactors, Update
+from fedlora.lora.factors import LoraFactors, Update
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState, check_robust, server_seed
+from fedlora.strategies.server_state import OnServerState, ServerState, check_robust
 
 __all__ = ["HomogeneousAveraging"]
 
 
-class HomogeneousAveraging:
+class HomogeneousAveraging(OnServerState):
     """One rank per module, global factors sent at each client's alpha, ``merge`` per module (module docstring).
 
     Args:
@@ -44,7 +44,6 @@ class HomogeneousAveraging:
         self.robust, self.trim = robust, float(trim)
         self.server = ServerState(self.label, seed, shapes)
 
-    seed = server_seed
 
     def merge(self, factors: Sequence[LoraFactors], weights: Sequence[float]) -> LoraFactors:
         """One module's new global factors from the clients' ``factors`` (one rank) and example ``weights``."""
@@ -61,12 +60,3 @@ class HomogeneousAveraging:
         self.server.commit({m: self.merge([f for _, f in g], C.example_weights(g)) for m, g in groups.items()}, shapes)
         return self.server.result(valid, rejected)
 
-    def global_adapter(self) -> Adapter:
-        """Global ``A``, ``B`` with ``alpha = r`` (scale 1): ``ΔW = B @ A``."""
-        return dict(self.server.adapter)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.server.to_state(self.name)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.server.load(state, self.name)

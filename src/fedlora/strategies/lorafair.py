@@ -32,12 +32,12 @@ import torch
 
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.compose import client_head, refit_B, rowwise_average, stacked_residual
-from fedlora.lora.factors import Adapter, LoraFactors, Update
+from fedlora.lora.factors import LoraFactors, Update
 from fedlora.lora.linalg import factor_gram_norm, rescale_alpha
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState, server_seed
+from fedlora.strategies.server_state import OnServerState, ServerState
 
 __all__ = ["LoRAFAIR", "fair_factors"]
 
@@ -62,7 +62,7 @@ def relative_residual(factors: Sequence[LoraFactors], weights: Sequence[float], 
     return factor_gram_norm(stacked_residual(factors, weights, approx)) / ideal if ideal > 0 else 0.0
 
 
-class LoRAFAIR:
+class LoRAFAIR(OnServerState):
     """FedAvg with LoRA-FAIR's server-side correction of ``B`` (heterogeneous ranks by per-rank corrections).
 
     Args:
@@ -82,7 +82,6 @@ class LoRAFAIR:
         self._refined: dict[str, dict[int, torch.Tensor]] = {}
         self._ranks: dict[str, set[int]] = {}
 
-    seed = server_seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         plans_by_id = self.server.start(server_round, plans)
@@ -117,9 +116,6 @@ class LoRAFAIR:
         extra = {"fedavg_relative_residual": sum(before) / len(before), "fair_relative_residual": sum(after) / len(after)} if before else {}
         return self.server.result(valid, rejected, extra)
 
-    def global_adapter(self) -> Adapter:
-        """``(Ā, B')`` at each module's largest rank of its last round, ``alpha = r`` (scale 1)."""
-        return dict(self.server.adapter)
 
     def state_dict(self) -> dict[str, Any]:
         return self.server.to_state(self.name) | {

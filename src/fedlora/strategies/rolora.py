@@ -19,11 +19,11 @@ from typing import Any, Mapping, Sequence
 
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.compose import client_head, padded_average
-from fedlora.lora.factors import Adapter, LoraFactors, Update
+from fedlora.lora.factors import LoraFactors, Update
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import ServerState, server_seed
+from fedlora.strategies.server_state import OnServerState, ServerState
 
 __all__ = ["RoLoRA", "trains_A"]
 
@@ -33,7 +33,7 @@ def trains_A(server_round: int) -> bool:
     return int(server_round) % 2 == 0
 
 
-class RoLoRA:
+class RoLoRA(OnServerState):
     """Alternating ``B`` / ``A`` rounds with exact averaging of the trained factor.
 
     Args:
@@ -47,7 +47,6 @@ class RoLoRA:
     def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
         self.server = ServerState("RoLoRA", seed, shapes)
 
-    seed = server_seed
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         a_round = trains_A(server_round)
@@ -73,12 +72,3 @@ class RoLoRA:
         self.server.commit(new, shapes)
         return self.server.result(valid, rejected, {"trained_A": float(a_round)})
 
-    def global_adapter(self) -> Adapter:
-        """Global factors at the largest rank seen, ``alpha = r`` (scale 1): ``ΔW = B @ A``."""
-        return dict(self.server.adapter)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.server.to_state(self.name)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.server.load(state, self.name)

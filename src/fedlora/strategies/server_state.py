@@ -28,7 +28,7 @@ from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import RoundResult
 
-__all__ = ["ServerState", "check_robust", "server_seed"]
+__all__ = ["ServerState", "OnServerState", "check_robust", "server_seed"]
 
 
 def check_robust(robust: str, trim: float, method: str) -> None:
@@ -104,3 +104,23 @@ class ServerState:
         self.adapter = C.adapter_from_state(state["global"])
         self.shapes = C.normalize_shapes(state["shapes"])
         self.book = C.RoundBook.from_state(state["book"])
+
+
+class OnServerState:
+    """What every method that keeps a :class:`ServerState` as ``self.server`` shares: its ``seed``, its global
+    adapter (the server's factors, ``alpha = r``: ``ΔW = B @ A``) and the state round-trip under its ``name``.
+    A method with more state extends ``state_dict`` / ``load_state_dict``; one whose global differs overrides
+    ``global_adapter``."""
+
+    name = ""
+    server: ServerState
+    seed = server_seed
+
+    def global_adapter(self) -> Adapter:
+        return dict(self.server.adapter)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.server.to_state(self.name)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.server.load(state, self.name)
