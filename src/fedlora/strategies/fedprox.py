@@ -12,17 +12,15 @@ Heterogeneous ranks: exactly as the base method (``base = "flexlora"``, ``"hetlo
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from fedlora.allocation.plan import ClientPlan
-from fedlora.lora.factors import Adapter, Update
 from fedlora.strategies import _common as C
-from fedlora.strategies.base import Payload, RoundResult
+from fedlora.strategies.client_options import ClientOptionsOn
 
 __all__ = ["FedProx"]
 
 
-class FedProx:
+class FedProx(ClientOptionsOn):
     """The ``base`` method's server rule with FedProx's proximal term on every client.
 
     Args:
@@ -47,21 +45,8 @@ class FedProx:
         self.inner = make_strategy(self.base_name, seed=seed, shapes=shapes, **dict(base_args or {}))
         self.heterogeneous_ranks = bool(getattr(self.inner, "heterogeneous_ranks", False))
 
-    @property
-    def seed(self) -> int:
-        return self.inner.seed
-
-    def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
-        payloads = self.inner.configure(server_round, plans)
-        for p in payloads.values():
-            p.options = {**p.options, "proximal_mu": self.mu}
-        return payloads
-
-    def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
-        return self.inner.aggregate(server_round, updates)
-
-    def global_adapter(self) -> Adapter:
-        return self.inner.global_adapter()
+    def client_options(self, server_round: int) -> dict[str, float]:
+        return {"proximal_mu": self.mu}
 
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "mu": self.mu, "base": self.base_name, "inner": self.inner.state_dict()}

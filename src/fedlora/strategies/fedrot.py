@@ -17,13 +17,11 @@ Heterogeneous ranks: no (FedIT's average; ``R_k`` is ``r x r`` at the shared ran
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from fedlora.allocation.plan import ClientPlan
-from fedlora.lora.factors import Adapter, Update
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
-from fedlora.strategies.base import Payload, RoundResult
+from fedlora.strategies.client_options import ClientOptionsOn
 from fedlora.strategies.fedit import FedIT
 
 __all__ = ["FedRotLoRA", "aligning_factor"]
@@ -34,7 +32,7 @@ def aligning_factor(server_round: int) -> str | None:
     return None if server_round <= 1 else ("A" if server_round % 2 == 0 else "B")
 
 
-class FedRotLoRA:
+class FedRotLoRA(ClientOptionsOn):
     """FedIT with each client's factors rotated onto the round's starting factors before averaging.
 
     Args:
@@ -52,23 +50,9 @@ class FedRotLoRA:
         self.strength = float(strength)
         self.inner = FedIT(seed=seed, shapes=shapes)
 
-    @property
-    def seed(self) -> int:
-        return self.inner.seed
-
-    def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
-        payloads = self.inner.configure(server_round, plans)
+    def client_options(self, server_round: int) -> dict[str, Any]:
         factor = aligning_factor(server_round)
-        if factor is not None:
-            for p in payloads.values():
-                p.options = {**p.options, "rotation_align": factor, "rotation_strength": self.strength}
-        return payloads
-
-    def aggregate(self, server_round: int, updates: Sequence[Update]) -> RoundResult:
-        return self.inner.aggregate(server_round, updates)
-
-    def global_adapter(self) -> Adapter:
-        return self.inner.global_adapter()
+        return {} if factor is None else {"rotation_align": factor, "rotation_strength": self.strength}
 
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "strength": self.strength, "inner": self.inner.state_dict()}
