@@ -47,7 +47,6 @@ class FedExLoRA(OnServerState):
         self._residual: Adapter = {}
         self._version = 0
 
-
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         C.homogeneous_ranks(plans, self.server.ranks(), "FedEx-LoRA")
         base = dict(self._residual) or None

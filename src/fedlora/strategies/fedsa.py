@@ -53,7 +53,6 @@ class FedSALoRA(OnServerState):
         self._A: dict[str, torch.Tensor] = {}
         self.personal = PersonalStore()
 
-
     def attach_client_store(self, folder: str | os.PathLike, keep: int = 3) -> None:
         """Keep the personal ``B`` of every client in ``folder`` (the engine calls this)."""
         self.personal.attach(folder, keep)
@@ -91,7 +90,6 @@ class FedSALoRA(OnServerState):
         self._A = new_A
         self.server.commit(new_global, shapes)
         return self.server.result(valid, rejected)
-
 
     def personal_adapters(self) -> Iterator[tuple[str, Adapter]]:
         """``(client, s_k B_k Ā[:r_k])`` for every client that has trained, one at a time (sorted)."""

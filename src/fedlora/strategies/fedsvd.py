@@ -44,7 +44,6 @@ class FedSVD(OnServerState):
     def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
         self.server = ServerState("FedSVD", seed, shapes)
 
-
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         return {cid: Payload(p, init=self.server.leading_heads(p), seed=self.seed, train_A=False)
                 for cid, p in self.server.start(server_round, plans).items()}  # fmt: skip

@@ -54,7 +54,6 @@ class FFALoRA(OnServerState):
         self.robust, self.trim = robust, float(trim)
         self.server = ServerState("FFA-LoRA", seed, shapes)
 
-
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         C.homogeneous_ranks(plans, self.server.ranks(), "FFA-LoRA")
         return {cid: Payload(p, init=self.server.init_at_alpha(p), seed=self.seed, train_A=False)

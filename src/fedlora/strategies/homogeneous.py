@@ -44,7 +44,6 @@ class HomogeneousAveraging(OnServerState):
         self.robust, self.trim = robust, float(trim)
         self.server = ServerState(self.label, seed, shapes)
 
-
     def merge(self, factors: Sequence[LoraFactors], weights: Sequence[float]) -> LoraFactors:
         """One module's new global factors from the clients' ``factors`` (one rank) and example ``weights``."""
         raise NotImplementedError(f"{type(self).__name__} must define merge(factors, weights)")

@@ -82,7 +82,6 @@ class LoRAFAIR(OnServerState):
         self._refined: dict[str, dict[int, torch.Tensor]] = {}
         self._ranks: dict[str, set[int]] = {}
 
-
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         plans_by_id = self.server.start(server_round, plans)
         for p in plans_by_id.values():
@@ -115,7 +114,6 @@ class LoRAFAIR(OnServerState):
         self.server.commit(new, shapes)
         extra = {"fedavg_relative_residual": sum(before) / len(before), "fair_relative_residual": sum(after) / len(after)} if before else {}
         return self.server.result(valid, rejected, extra)
-
 
     def state_dict(self) -> dict[str, Any]:
         return self.server.to_state(self.name) | {

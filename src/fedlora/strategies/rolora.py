@@ -47,7 +47,6 @@ class RoLoRA(OnServerState):
     def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
         self.server = ServerState("RoLoRA", seed, shapes)
 
-
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         a_round = trains_A(server_round)
         return {cid: Payload(p, init=self.server.leading_heads(p), seed=self.seed, train_A=a_round, train_B=not a_round)
