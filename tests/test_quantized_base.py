@@ -50,9 +50,23 @@ def test_a_quantized_base_trains_float32_factors_and_exports_for_the_full_precis
 
 
 def test_a_method_that_merges_into_the_base_is_refused_with_a_quantized_base(tiny_run_config):
-    with pytest.raises(ConfigError, match="model.quantization = 'nf4' with strategy 'flora'"):
+    with pytest.raises(ConfigError, match="a nf4 base .* with strategy 'flora'"):
         tiny_run_config(model={"quantization": "nf4"}, strategy={"name": "flora"})
+    with pytest.raises(ConfigError, match="a int8 base .* with strategy 'fedex'"):  # one client is enough
+        tiny_run_config(clients={"ranks": [2, 2], "quantization": ["none", "int8"]}, strategy={"name": "fedex"})
     tiny_run_config(model={"quantization": "nf4"}, strategy={"name": "flexlora"})
+
+
+def test_per_client_precisions_are_checked_with_the_field_and_the_fix(tiny_run_config):
+    with pytest.raises(ConfigError, match=r"clients.quantization: \['nf3'\] are not base precisions"):
+        tiny_run_config(clients={"quantization": ["none", "nf3"]})
+    with pytest.raises(ConfigError, match="clients.quantization has 3 entries for data.num_clients = 2"):
+        tiny_run_config(clients={"quantization": ["none", "nf4", "nf4"]})
+    with pytest.raises(ConfigError, match="clients.precision_options .* needs clients.allocation = 'fedpilot'"):
+        tiny_run_config(clients={"precision_options": ["none", "nf4"]})
+    with pytest.raises(ConfigError, match=r"clients.precision_weights names \['int8'\]"):
+        tiny_run_config(clients={"allocation": "fedpilot", "budgets": ["64MiB"] * 2, "precision_options": ["none", "nf4"],
+                                 "precision_weights": {"int8": 0.5}}, strategy={"name": "fedpilot"})  # fmt: skip
 
 
 def test_a_missing_bitsandbytes_is_named_with_the_fix(monkeypatch):
@@ -140,3 +154,45 @@ def test_the_gpu_check_runs_its_cpu_parts_without_cuda(tmp_path):
     assert "no CUDA device: CPU parts only" in out.stdout
     rows = json.loads((tmp_path / "g.json").read_text())["rows"]
     assert {r["check"].split()[0] for r in rows} == {"step", "memory", "lockstep", "eval"}
+
+
+def test_clients_train_over_their_own_base_precision(tmp_path, tiny_run_config):
+    engine = Engine(tiny_run_config(clients={"quantization": ["none", "nf4"]}), tmp_path / "run")
+    result = engine.run()
+    clients = [r for r in result.records if r["type"] == "client"]
+    assert {(r["client"], r["quantization"]) for r in clients} == {("client_000", "none"), ("client_001", "nf4")}
+    assert all(r["status"] == "ok" for r in clients)
+    nf4_base = engine._other_bases["nf4"].model  # loaded once, beside the run's own full-precision base
+    assert type(nf4_base.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    assert type(engine.model.model.layers[0].self_attn.q_proj).__name__ == "Linear"
+    adapter = result.strategy.global_adapter()
+    assert adapter and all(f.A.dtype == torch.float32 and torch.isfinite(f.B).all() for f in adapter.values())
+
+
+def test_fedpilot_chooses_each_clients_precision_with_its_modules(tiny_run_config):
+    from fedlora.allocation.knapsack import select_precision_and_modules
+    from fedlora.allocation.memory import MemoryModel
+    from fedlora.engine.build import spec_of_section
+    from fedlora.engine.plans import Planner, memory_model_kwargs
+
+    def config(budgets):
+        return tiny_run_config(clients={"allocation": "fedpilot", "budgets": budgets, "precision_options": ["none", "nf4"]},
+                               strategy={"name": "fedpilot"})  # fmt: skip
+
+    probe = config(["1GiB", "1GiB"])
+    spec = spec_of_section(probe.model)
+    kwargs = memory_model_kwargs(probe, spec)
+    models = {q: MemoryModel(spec, **{**kwargs, "quantization": q}) for q in ("none", "nf4")}
+    everything = {m: probe.clients.fedpilot_rank for m in spec.module_names}
+    tight = models["nf4"].peak_bytes(everything, frozen={})
+    assert models["none"].peak_bytes(everything, frozen={}) > tight  # not every module fits over the full-precision base
+    cfg = config([tight, 2**30])
+    planner = Planner(cfg, spec, ["client_000", "client_001"])
+    values = {m: 1.0 + 0.01 * i for i, m in enumerate(spec.module_names)}
+    planner.local_importance = {"client_000": values, "client_001": values}
+    report = planner.plan_report(1)
+    assert report["precisions"] == [planner.precisions["client_000"], "none"]  # the roomy client keeps full precision
+    frozen = {m: cfg.clients.fedpilot_rank for m in spec.module_names}
+    expected = select_precision_and_modules(values, models, tight, (cfg.clients.fedpilot_rank,), frozen=frozen)
+    assert planner.precisions["client_000"] == expected.quantization
+    assert set(report["plans"][0].trainable_modules) == set(expected.selection.modules)

@@ -104,7 +104,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if planner.needs_importance:
         planner.score_clients(model, tokenizer, build_data(cfg).clients)
     rep = planner.plan_report(1)
-    _console().print(plan_table(rep["plans"], rep["predictions"], rep["budgets"], rep["values"], spec=spec))
+    precisions = rep.get("precisions")
+    _console().print(plan_table(rep["plans"], rep["predictions"], rep["budgets"], rep["values"], spec=spec,
+                                precisions=precisions if precisions and len(set(precisions)) > 1 else None))  # fmt: skip
     out = Path(args.out) if args.out else run_dir_for(cfg)
     path = plan_heatmap(rep["plans"], spec, out / "plan_heatmap.png", title=f"{cfg.run.name}: clients training each module")
     print(f"allocation {planner.allocation}; heat map: {path}")

@@ -175,6 +175,12 @@ class ClientsSection:
     speed_levels: list[float] = opt([1.0], "client speeds in local steps per simulated second, slowest first (one level: "
                                     "every client equally fast); see fedlora.engine.clock", gt=0)
     speeds: list[float] = opt([], "explicit speed per client (length data.num_clients); overrides speed_distribution", gt=0)
+    quantization: list[str] = opt([], "base precision per client ('none', 'nf4' or 'int8'; length data.num_clients); empty: "
+                                  "every client at model.quantization, which also evaluates. One base is loaded per precision")
+    precision_options: list[str] = opt([], "fedpilot: precisions the planner may give a client, most precise first (e.g. "
+                                       "['none', 'nf4']): it picks each client's precision and modules jointly under its budget")
+    precision_weights: dict = opt({}, "fedpilot with precision_options: weight of the module value per precision (e.g. "
+                                  "{nf4 = 0.9}: training over an NF4 base is worth 10% less); 1 when absent")
     link_mb_per_s: float = opt(0.0, "each client's link in MB/s for the simulated clock (0: transfers take no time)", ge=0)
 
 
@@ -405,15 +411,38 @@ MERGING_METHODS = ("flora", "fedex", "fedmomentum", "slora")
 """Methods that fold part of each round into the frozen base weights (``Payload.base_delta``)."""
 
 
+def client_precisions(cfg: "Config") -> set[str]:
+    """Every base precision a client of ``cfg`` may train over."""
+    c = cfg.clients
+    return {cfg.model.quantization, *c.quantization, *c.precision_options}
+
+
 def _quantization_errors(cfg: "Config") -> list[str]:
-    """A quantized base cannot take a merged update (its weights are packed integers): refuse, never ignore."""
+    """Per-client precisions that cannot work, and a quantized base under a method that merges into it (its weights
+    are packed integers): refuse, never ignore."""
+    c, errors, known = cfg.clients, [], ("none", "nf4", "int8")
+    for key in ("quantization", "precision_options"):
+        bad = [q for q in getattr(c, key) if q not in known]
+        if bad:
+            errors.append(f"clients.{key}: {bad} are not base precisions; use {', '.join(known)}")
+    if c.quantization and len(c.quantization) != cfg.data.num_clients:
+        errors.append(f"clients.quantization has {len(c.quantization)} entries for data.num_clients = {cfg.data.num_clients}; "
+                      "give one per client (or none: every client at model.quantization)")
+    if c.precision_options and (c.quantization or resolved_allocation(cfg) != "fedpilot"):
+        errors.append("clients.precision_options lets Fed-pilot's planner choose each client's precision: it needs "
+                      "clients.allocation = 'fedpilot' and no clients.quantization list")
+    unknown = sorted(set(c.precision_weights) - set(c.precision_options))
+    if unknown:
+        errors.append(f"clients.precision_weights names {unknown}, not among clients.precision_options {c.precision_options}")
     name = cfg.strategy.name
     base = str(cfg.strategy.params.get("base", "")).lower() if name == "fedprox" else ""
-    if cfg.model.quantization == "none" or not ({name, base} & set(MERGING_METHODS)):
-        return []
-    return [f"model.quantization = {cfg.model.quantization!r} with strategy {name!r}: it merges part of every round into the "
-            f"frozen base weights, which a quantized base stores packed and cannot take; use model.quantization = 'none' or "
-            f"a method that keeps its state in the LoRA factors (not {', '.join(MERGING_METHODS)})"]
+    quantized = sorted(client_precisions(cfg) - {"none"})
+    if quantized and {name, base} & set(MERGING_METHODS):
+        errors.append(f"a {'/'.join(quantized)} base (model.quantization or clients.quantization/precision_options) with "
+                      f"strategy {name!r}: it merges part of every round into the frozen base weights, which a quantized base "
+                      f"stores packed and cannot take; keep every base at 'none' or use a method that keeps its state in the "
+                      f"LoRA factors (not {', '.join(MERGING_METHODS)})")
+    return errors
 
 
 def needs_one_rank(cfg: "Config") -> bool:
@@ -612,6 +641,8 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):  # an inline table
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a TOML value")
 
 

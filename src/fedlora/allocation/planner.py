@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from fedlora.allocation.knapsack import BudgetTooSmallError, Selection, select_modules
+from fedlora.allocation.knapsack import BudgetTooSmallError, PrecisionSelection, Selection, select_modules, select_precision_and_modules
 from fedlora.allocation.memory import MemoryModel
 from fedlora.allocation.plan import ClientPlan
 from fedlora.modelspec import ModelSpec
 
-__all__ = ["target_modules", "plan_flexlora", "fedpilot_selections", "plans_from_selections", "plan_fedpilot"]
+__all__ = ["target_modules", "plan_flexlora", "fedpilot_selections", "fedpilot_precision_selections", "plans_from_selections", "plan_fedpilot"]
 
 
 def target_modules(spec: ModelSpec, target_kinds: Sequence[str] | None = None) -> list[str]:
@@ -101,6 +101,36 @@ def fedpilot_selections(
         except BudgetTooSmallError as err:
             raise BudgetTooSmallError(err.needed_bytes, err.budget_bytes, err.detail, client_id=str(cid)) from None
     return selections
+
+
+def fedpilot_precision_selections(
+    spec: ModelSpec, client_ids: Sequence[str], budgets_bytes: Sequence[int],
+    values: Mapping[str, float] | Sequence[Mapping[str, float]], memory_model_kwargs: Mapping[str, Any],
+    precisions: Sequence[str], *, precision_weights: Mapping[str, float] | None = None, rank: int = 8,
+    frozen_adapters: bool = True, target_kinds: Sequence[str] | None = None,
+) -> list[PrecisionSelection]:  # fmt: skip
+    """Per client, the base precision among ``precisions`` and the modules, chosen jointly under its budget
+    (``knapsack.select_precision_and_modules``; ``memory_model_kwargs`` without ``quantization``, shared).
+
+    Raises:
+        BudgetTooSmallError: naming the client, when nothing fits at any precision.
+    """
+    n = len(client_ids)
+    if len(budgets_bytes) != n:
+        raise ValueError(f"plan_fedpilot: {n} client ids but {len(budgets_bytes)} budgets; give one budget per client")
+    per_values = _per_client(values, n, "values", lambda v: isinstance(v, Mapping))
+    names = target_modules(spec, target_kinds)
+    frozen = {m: int(rank) for m in names} if frozen_adapters else None
+    models = {q: MemoryModel(spec, **{**dict(memory_model_kwargs), "quantization": q}) for q in precisions}
+    out = []
+    for cid, budget, vals in zip(client_ids, budgets_bytes, per_values):
+        candidate_values = {m: float(vals.get(m, 0.0)) for m in names}
+        try:
+            out.append(select_precision_and_modules(candidate_values, models, int(budget), (int(rank),), frozen=frozen,
+                                                    precision_weights=precision_weights))  # fmt: skip
+        except BudgetTooSmallError as err:
+            raise BudgetTooSmallError(err.needed_bytes, err.budget_bytes, err.detail, client_id=str(cid)) from None
+    return out
 
 
 def plans_from_selections(

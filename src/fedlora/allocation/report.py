@@ -28,9 +28,9 @@ def _layers(spec: ModelSpec | None, modules) -> str:
 
 def plan_rows(
     plans: Sequence[ClientPlan], predictions: Sequence[int] | None = None, budgets: Sequence[int] | None = None,
-    values: Sequence[float] | None = None, spec: ModelSpec | None = None,
+    values: Sequence[float] | None = None, spec: ModelSpec | None = None, precisions: Sequence[str] | None = None,
 ) -> list[dict[str, str]]:  # fmt: skip
-    """One dict of formatted cells per client (keys: ``_COLUMNS``)."""
+    """One dict of formatted cells per client (keys: ``_COLUMNS``, and ``base`` when ``precisions`` are given)."""
     for name, seq in (("predictions", predictions), ("budgets", budgets), ("values", values)):
         if seq is not None and len(seq) != len(plans):
             raise ValueError(f"plan_table: {name} has {len(seq)} entries for {len(plans)} plans; give one per plan")
@@ -49,27 +49,29 @@ def plan_rows(
             "layers": _layers(spec, trained),
             "ranks": ",".join(map(str, ranks)) or "-",
             "value": "-" if values is None else f"{values[i]:.3g}",
-        })  # fmt: skip
+        } | ({} if precisions is None else {"base": precisions[i]}))  # fmt: skip
     return rows
 
 
 def plan_table(
     plans: Sequence[ClientPlan], predictions: Sequence[int] | None = None, budgets: Sequence[int] | None = None,
     values: Sequence[float] | None = None, *, spec: ModelSpec | None = None, text: bool = False,
+    precisions: Sequence[str] | None = None,
 ):  # fmt: skip
     """A ``rich.table.Table`` of the plans (``text=True``: the same table as a plain string).
 
     Columns: client, budget, predicted peak, budget use, trained/adapted modules, trained layer
-    range (needs ``spec``), ranks, summed value.
+    range (needs ``spec``), ranks, summed value; with ``precisions`` (several in the run), each client's base precision.
     """
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="fedlora plan")
-    for col in _COLUMNS:
-        table.add_column(col, justify="left" if col in ("client", "layers", "ranks") else "right")
-    for row in plan_rows(plans, predictions, budgets, values, spec):
-        table.add_row(*(row[c] for c in _COLUMNS))
+    columns = _COLUMNS + (("base",) if precisions is not None else ())
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("client", "layers", "ranks", "base") else "right")
+    for row in plan_rows(plans, predictions, budgets, values, spec, precisions):
+        table.add_row(*(row[c] for c in columns))
     if not text:
         return table
     console = Console(record=True, width=120, file=io.StringIO())

@@ -77,6 +77,9 @@ class Planner:
         self.ranks = client_ranks(cfg)
         self.budgets = client_budgets(cfg) if self.allocation == "fedpilot" else None
         self.local_importance: dict[str, dict[str, float]] = {}
+        c = cfg.clients
+        self.precisions = dict(zip(self.ids, c.quantization or [cfg.model.quantization] * len(self.ids)))
+        """Each client's base precision; with ``clients.precision_options`` the Fed-pilot plans set it every round."""
         self._static = None if self.allocation == "fedpilot" else self._static_plans()
 
     def _static_plans(self) -> dict[str, ClientPlan]:
@@ -120,7 +123,17 @@ class Planner:
         values = [mix(self.local_importance[cid], global_, c.importance_mix) for cid in ids]
         budgets = [self.budgets[self.ids.index(cid)] for cid in ids]
         kwargs = memory_model_kwargs(self.cfg, self.spec)
-        selections = fedpilot_selections(self.spec, list(ids), budgets, values, kwargs, rank=c.fedpilot_rank)
+        if c.precision_options:  # precision and modules chosen jointly per client
+            from fedlora.allocation.planner import fedpilot_precision_selections
+
+            joint = fedpilot_precision_selections(self.spec, list(ids), budgets, values, kwargs, c.precision_options,
+                                                  precision_weights=c.precision_weights, rank=c.fedpilot_rank)  # fmt: skip
+            self.precisions.update({cid: j.quantization for cid, j in zip(ids, joint)})
+            selections = [j.selection for j in joint]
+        else:
+            if c.quantization:
+                kwargs = [{**kwargs, "quantization": self.precisions[cid]} for cid in ids]
+            selections = fedpilot_selections(self.spec, list(ids), budgets, values, kwargs, rank=c.fedpilot_rank)
         plans = plans_from_selections(self.spec, list(ids), selections, rank=c.fedpilot_rank, alpha_ratio=c.alpha_ratio)
         return {p.client_id: p for p in plans}, selections
 
@@ -128,9 +141,10 @@ class Planner:
         """Round ``server_round``'s plans of every client, with budgets, predicted peaks and values when known."""
         if self._static is not None:
             plans = [self._static[c] for c in self.ids]
-            return {"plans": plans, "budgets": None, "predictions": self._predicted_peaks(plans), "values": None}
+            return {"plans": plans, "budgets": None, "precisions": [self.precisions[c] for c in self.ids],
+                    "predictions": self._predicted_peaks(plans), "values": None}  # fmt: skip
         plans, selections = self._fedpilot(server_round, self.ids, strategy)
-        return {"plans": [plans[c] for c in self.ids], "budgets": self.budgets,
+        return {"plans": [plans[c] for c in self.ids], "budgets": self.budgets, "precisions": [self.precisions[c] for c in self.ids],
                 "predictions": [s.predicted_bytes for s in selections], "values": [s.value for s in selections]}  # fmt: skip
 
     def _predicted_peaks(self, plans: Sequence[ClientPlan]) -> list[int] | None:
@@ -138,8 +152,9 @@ class Planner:
         from fedlora.allocation.memory import MemoryModel
 
         try:
-            mm = MemoryModel(self.spec, **memory_model_kwargs(self.cfg, self.spec))
-            return [int(mm.peak_bytes(dict(p.ranks))) for p in plans]
+            kwargs = memory_model_kwargs(self.cfg, self.spec)
+            return [int(MemoryModel(self.spec, **{**kwargs, "quantization": self.precisions[p.client_id]}).peak_bytes(dict(p.ranks)))
+                    for p in plans]  # fmt: skip
         except (ValueError, KeyError):
             return None
 

@@ -108,11 +108,25 @@ def _tracker_errors(cfg: Config) -> list[str]:
     return out
 
 
+def _precision_errors(cfg: Config) -> list[str]:
+    """A quantized base (the run's or a client's) without bitsandbytes is refused before anything loads."""
+    import importlib.util
+
+    from fedlora.config import client_precisions
+
+    quantized = sorted(client_precisions(cfg) - {"none"})
+    if quantized and importlib.util.find_spec("bitsandbytes") is None:
+        return [f"a {'/'.join(quantized)} base (model.quantization or clients.quantization/precision_options) needs "
+                "bitsandbytes: pip install 'fedlora[quantization]', or keep every base at 'none'"]
+    return []
+
+
 def preflight(cfg: Config, run_dir: str | Path) -> list[str]:
     """Every problem found with the model, the data paths, the trackers and the run folder (empty: go)."""
-    return _model_errors(cfg.model.name) + _data_errors(cfg) + _tracker_errors(cfg) + _output_errors(Path(run_dir))
+    return (_model_errors(cfg.model.name) + _precision_errors(cfg) + _data_errors(cfg) + _tracker_errors(cfg)
+            + _output_errors(Path(run_dir)))  # fmt: skip
 
 
 def preflight_data_and_output(cfg: Config, run_dir: str | Path) -> list[str]:
     """:func:`preflight` without the model (the caller passed an already loaded one)."""
-    return _data_errors(cfg) + _tracker_errors(cfg) + _output_errors(Path(run_dir))
+    return _precision_errors(cfg) + _data_errors(cfg) + _tracker_errors(cfg) + _output_errors(Path(run_dir))

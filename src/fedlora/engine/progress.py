@@ -55,6 +55,7 @@ def _client_line(r: dict) -> str:
             f"{r['steps']} steps{' (partial: deadline)' if r.get('partial') else ''}  {r['seconds']:.1f} s  ↓{format_bytes(r['bytes_down'])} ↑{format_bytes(r['bytes_up'])}")  # fmt: skip
     if "predicted_peak_bytes" in r:
         text += f"  mem {format_bytes(r['predicted_peak_bytes'])}" + (f" (measured {format_bytes(r['peak_bytes'])})" if "peak_bytes" in r else " predicted")
+        text += f", {r['quantization']} base" if r.get("quantization", "none") != "none" else ""
     return text + (f"  [red]rejected[/] {r.get('error', '')}" if r["status"] == "rejected" else "")
 
 

@@ -184,9 +184,7 @@ class Engine:
         if attach is not None:
             attach(self.run_dir / "client_state", keep=self.cfg.run.keep_checkpoints * self.cfg.run.checkpoint_every + 1)
         self.shapes = {m.name: (m.d_out, m.d_in) for m in self.spec.modules}
-        from fedlora.allocation.memory import MemoryModel
-
-        self.memory = MemoryModel(self.spec, **memory_model_kwargs(self.cfg, self.spec))
+        self._other_bases: dict[str, Any] = {}  # precision -> LocalTrainer over that base, loaded on first use
         self.progress.message(f"model {self.cfg.model.name}: {self.spec.num_parameters / 1e6:.1f}M parameters, "
                               f"{len(self.spec.modules)} LoRA modules; set up in {time.perf_counter() - t0:.1f} s; "
                               f"{threads} CPU threads ({why})")  # fmt: skip
@@ -395,14 +393,37 @@ class Engine:
             record, update = self._train_client(version, cid, payload, ClientWork(steps, seconds, False), seed_round=f"async-{number}")
             st.in_flight.append(InFlight(now + seconds, cid, version - 1, payload, update, record))
 
+    def _precision(self, cid: str) -> str:
+        """The client's base precision (``clients.quantization`` or the Fed-pilot plan's; else ``model.quantization``)."""
+        return (getattr(self.planner, "precisions", None) or {}).get(cid, self.cfg.model.quantization)
+
+    def _trainer_for(self, cid: str) -> Any:
+        """The trainer over the client's base: the run's own, or one more base loaded once per other precision."""
+        precision = self._precision(cid)
+        if precision == self.cfg.model.quantization:
+            return self.trainer
+        if precision not in self._other_bases:
+            from dataclasses import replace
+
+            from fedlora.client.trainer import LocalTrainer
+
+            self.progress.message(f"loading the base at precision {precision!r} for the clients that train over it")
+            model, tokenizer = build.load_base_model(replace(self.cfg.model, quantization=precision))
+            self._other_bases[precision] = LocalTrainer(model, tokenizer, build.build_train_config(self.cfg))
+        return self._other_bases[precision]
+
     def _client_record(self, server_round: int, cid: str, payload: Any, work: Any) -> dict:
-        plan = payload.plan
+        from fedlora.allocation.memory import MemoryModel
+
+        plan, precision = payload.plan, self._precision(cid)
         trained = {m: r for m, r in plan.ranks.items() if m in plan.trainable_modules}
         frozen = {m: r for m, r in plan.ranks.items() if m not in trained}
+        memory = MemoryModel(self.spec, **{**memory_model_kwargs(self.cfg, self.spec), "quantization": precision})
         return {"type": "client", "round": server_round, "client": cid, "rank": max(plan.ranks.values()),
                 "trained_modules": len(plan.trainable_modules), "num_examples": len(self.data.clients[cid]),
                 "bytes_down": payload_bytes(payload), "bytes_up": 0, "sim_seconds": work.seconds,
-                "speed": self.clocks[cid].speed, "predicted_peak_bytes": self.memory.peak_bytes(trained, frozen=frozen)}  # fmt: skip
+                "speed": self.clocks[cid].speed, "quantization": precision,
+                "predicted_peak_bytes": memory.peak_bytes(trained, frozen=frozen)}  # fmt: skip
 
     def _train_lockstep(self, server_round: int, ids: Sequence[str], payloads: Mapping[str, Any], work: Mapping[str, Any]) -> dict[str, tuple[dict, Any]]:
         """``train.lockstep``: clients with the same number of steps train together (:mod:`fedlora.client.lockstep`).
@@ -410,8 +431,8 @@ class Engine:
         from fedlora.client.lockstep import lockstep_unsupported
 
         groups: dict[int, list[str]] = {}
-        for cid in ids:
-            if work[cid].steps > 0:
+        for cid in ids:  # a client over another base precision trains sequentially, on its own base
+            if work[cid].steps > 0 and self._precision(cid) == self.cfg.model.quantization:
                 groups.setdefault(work[cid].steps, []).append(cid)
         out: dict[str, tuple[dict, Any]] = {}
         for steps, group in groups.items():
@@ -450,14 +471,15 @@ class Engine:
             record["partial"] = True
         self.progress.client_start(server_round, cid, record["rank"], work.steps)
         started = time.perf_counter()
-        device = next(self.model.parameters()).device
-        if device.type == "cuda":  # the measured peak of this client's training, beside the prediction
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(device)
         try:
+            trainer = self._trainer_for(cid)
+            device = next(trainer.model.parameters()).device
+            if device.type == "cuda":  # the measured peak of this client's training, beside the prediction
+                import torch
+
+                torch.cuda.reset_peak_memory_stats(device)
             seed = client_seed(self.cfg.run.seed, server_round if seed_round is None else seed_round, cid)
-            update = self.trainer.train(payload, examples, client_seed=seed, on_step=self.progress.step, steps=work.steps)
+            update = trainer.train(payload, examples, client_seed=seed, on_step=self.progress.step, steps=work.steps)
         except Exception as err:  # a failing client is reported and skipped; the round goes on
             record.update(status="failed", error=_error_summary(err), seconds=time.perf_counter() - started)
             with (self.run_dir / ERRORS_FILE).open("a", encoding="utf-8") as f:
