@@ -203,11 +203,11 @@ def test_a_client_that_fits_everything_in_nf4_but_half_in_full_precision_picks_n
     values = {m: 1.0 for m in spec.module_names}
     models = {q: MemoryModel(spec, batch_size=4, seq_len=64, quantization=q) for q in ("none", "nf4")}  # activations matter
     everything = {m: 8 for m in spec.module_names}
-    budget = models["nf4"].peak_bytes(everything)
+    budget = models["nf4"].peak_bytes(everything) + 64 * len(everything)  # room for the DP's rounding (64-byte units)
     assert models["none"].peak_bytes(everything) > budget  # in full precision not every module fits
-    got = select_precision_and_modules(values, models, budget, (8,), unit_bytes=1)
+    got = select_precision_and_modules(values, models, budget, (8,), unit_bytes=64)
     assert got.quantization == "nf4" and got.selection.modules == everything
-    half = select_precision_and_modules(values, models, budget, (8,), precision_weights={"nf4": 0.01}, unit_bytes=1)  # NF4 costly
+    half = select_precision_and_modules(values, models, budget, (8,), precision_weights={"nf4": 0.01}, unit_bytes=64)  # NF4 costly
     assert half.quantization == "none" and 0 < len(half.selection.modules) < len(everything)
 
 
