@@ -22,28 +22,23 @@ from typing import Any, Mapping, Sequence
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.compose import padded_average, stacked_residual
 from fedlora.lora.factors import Adapter, Update
-from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import OnServerState, ServerState
+from fedlora.strategies.server_state import OnServerState
 from fedlora.strategies.flora import merge_stacked
 
 __all__ = ["FedExLoRA"]
 
 
 class FedExLoRA(OnServerState):
-    """FedAvg of ``A`` and ``B`` with the exact residual folded into the base (homogeneous rank).
-
-    Args:
-        seed: seed of the shared fresh init.
-        shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
-    """
+    """FedAvg of ``A`` and ``B`` with the exact residual folded into the base (homogeneous rank)."""
 
     name = "fedex"
+    label = "FedEx-LoRA"
     heterogeneous_ranks = False
 
-    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
-        self.server = ServerState("FedEx-LoRA", seed, shapes)
+    def __init__(self, **server: Any) -> None:  # seed, shapes: OnServerState
+        super().__init__(**server)
         self._residual: Adapter = {}
         self._version = 0
 

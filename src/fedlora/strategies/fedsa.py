@@ -28,28 +28,23 @@ from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.compose import padded_average, rowwise_average
 from fedlora.lora.factors import Adapter, LoraFactors, Update
 from fedlora.lora.linalg import extend_rank
-from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import OnServerState, ServerState
+from fedlora.strategies.server_state import OnServerState
 from fedlora.strategies.personal_store import PersonalStore
 
 __all__ = ["FedSALoRA"]
 
 
 class FedSALoRA(OnServerState):
-    """Shared ``A`` (aggregated), personal ``B`` (kept per client).
-
-    Args:
-        seed: seed of the shared fresh init.
-        shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
-    """
+    """Shared ``A`` (aggregated), personal ``B`` (kept per client)."""
 
     name = "fedsa"
+    label = "FedSA-LoRA"
     heterogeneous_ranks = True
 
-    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
-        self.server = ServerState("FedSA-LoRA", seed, shapes)
+    def __init__(self, **server: Any) -> None:  # seed, shapes: OnServerState
+        super().__init__(**server)
         self._A: dict[str, torch.Tensor] = {}
         self.personal = PersonalStore()
 

@@ -17,32 +17,24 @@ update (FlexLoRA's truncated SVD). ``B_k`` is zero-padded to ``r_max``; since ``
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.compose import orthonormal_refactor, padded_average
 from fedlora.lora.factors import LoraFactors, Update
-from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import OnServerState, ServerState
+from fedlora.strategies.server_state import OnServerState
 
 __all__ = ["FedSVD"]
 
 
 class FedSVD(OnServerState):
-    """``B``-only training with the aggregate re-factored by SVD so that ``A`` follows the update.
-
-    Args:
-        seed: seed of the shared fresh init (round 1's frozen ``A``).
-        shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
-    """
+    """``B``-only training with the aggregate re-factored by SVD so that ``A`` follows the update."""
 
     name = "fedsvd"
+    label = "FedSVD"
     heterogeneous_ranks = True
-
-    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
-        self.server = ServerState("FedSVD", seed, shapes)
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         return {cid: Payload(p, init=self.server.leading_heads(p), seed=self.seed, train_A=False)

@@ -23,7 +23,7 @@ from fedlora.lora.robust import robust_average
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import OnServerState, ServerState, check_robust
+from fedlora.strategies.server_state import OnServerState, check_robust
 
 __all__ = ["FFALoRA", "average_B"]
 
@@ -46,13 +46,14 @@ class FFALoRA(OnServerState):
     """
 
     name = "ffa"
+    label = "FFA-LoRA"
     heterogeneous_ranks = False
 
     def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None,
                  robust: str = "mean", trim: float = 0.1) -> None:  # fmt: skip
-        check_robust(robust, trim, "FFA-LoRA")
+        check_robust(robust, trim, self.label)
         self.robust, self.trim = robust, float(trim)
-        self.server = ServerState("FFA-LoRA", seed, shapes)
+        super().__init__(seed=seed, shapes=shapes)
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         C.homogeneous_ranks(plans, self.server.ranks(), "FFA-LoRA")

@@ -20,7 +20,7 @@ from fedlora.lora.factors import LoraFactors, Update
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import OnServerState, ServerState, check_robust
+from fedlora.strategies.server_state import OnServerState, check_robust
 
 __all__ = ["HomogeneousAveraging"]
 
@@ -42,7 +42,7 @@ class HomogeneousAveraging(OnServerState):
                  robust: str = "mean", trim: float = 0.1) -> None:  # fmt: skip
         check_robust(robust, trim, self.label)
         self.robust, self.trim = robust, float(trim)
-        self.server = ServerState(self.label, seed, shapes)
+        super().__init__(seed=seed, shapes=shapes)
 
     def merge(self, factors: Sequence[LoraFactors], weights: Sequence[float]) -> LoraFactors:
         """One module's new global factors from the clients' ``factors`` (one rank) and example ``weights``."""

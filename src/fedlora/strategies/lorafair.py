@@ -37,7 +37,7 @@ from fedlora.lora.linalg import factor_gram_norm, rescale_alpha
 from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import OnServerState, ServerState
+from fedlora.strategies.server_state import OnServerState
 
 __all__ = ["LoRAFAIR", "fair_factors"]
 
@@ -72,13 +72,14 @@ class LoRAFAIR(OnServerState):
     """
 
     name = "lorafair"
+    label = "LoRA-FAIR"
     heterogeneous_ranks = True
 
     def __init__(self, *, seed: int = 0, lam: float = 0.01, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
         if not lam >= 0:
             raise ValueError(f"LoRA-FAIR: lam must be >= 0, got {lam!r}")
         self.lam = float(lam)
-        self.server = ServerState("LoRA-FAIR", seed, shapes)
+        super().__init__(seed=seed, shapes=shapes)
         self._refined: dict[str, dict[int, torch.Tensor]] = {}
         self._ranks: dict[str, set[int]] = {}
 

@@ -15,15 +15,14 @@ clients' own updates. Shapes: ``A [r_max, d_in]``, ``B [d_out, r_max]``, ``alpha
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from fedlora.allocation.plan import ClientPlan
 from fedlora.lora.compose import client_head, padded_average
 from fedlora.lora.factors import LoraFactors, Update
-from fedlora.modelspec import ModelSpec
 from fedlora.strategies import _common as C
 from fedlora.strategies.base import Payload, RoundResult
-from fedlora.strategies.server_state import OnServerState, ServerState
+from fedlora.strategies.server_state import OnServerState
 
 __all__ = ["RoLoRA", "trains_A"]
 
@@ -34,18 +33,11 @@ def trains_A(server_round: int) -> bool:
 
 
 class RoLoRA(OnServerState):
-    """Alternating ``B`` / ``A`` rounds with exact averaging of the trained factor.
-
-    Args:
-        seed: seed of the shared fresh init (round 1's frozen ``A``).
-        shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
-    """
+    """Alternating ``B`` / ``A`` rounds with exact averaging of the trained factor."""
 
     name = "rolora"
+    label = "RoLoRA"
     heterogeneous_ranks = True
-
-    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
-        self.server = ServerState("RoLoRA", seed, shapes)
 
     def configure(self, server_round: int, plans: Sequence[ClientPlan]) -> dict[str, Payload]:
         a_round = trains_A(server_round)

@@ -109,12 +109,21 @@ class ServerState:
 class OnServerState:
     """What every method that keeps a :class:`ServerState` as ``self.server`` shares: its ``seed``, its global
     adapter (the server's factors, ``alpha = r``: ``ΔW = B @ A``) and the state round-trip under its ``name``.
-    A method with more state extends ``state_dict`` / ``load_state_dict``; one whose global differs overrides
-    ``global_adapter``."""
+    A method with more state extends ``__init__`` / ``state_dict`` / ``load_state_dict``; one whose global
+    differs overrides ``global_adapter``.
+
+    Args:
+        seed: seed of the shared fresh init (round 1's factors, the same for every client).
+        shapes: optional module -> ``(d_out, d_in)`` (or a ModelSpec) to check shapes from round 1.
+    """
 
     name = ""
+    label = ""  # the method's name in messages
     server: ServerState
     seed = server_seed
+
+    def __init__(self, *, seed: int = 0, shapes: ModelSpec | Mapping[str, tuple[int, int]] | None = None) -> None:
+        self.server = ServerState(self.label, seed, shapes)
 
     def global_adapter(self) -> Adapter:
         return dict(self.server.adapter)
