@@ -185,6 +185,7 @@ class Engine:
             attach(self.run_dir / "client_state", keep=self.cfg.run.keep_checkpoints * self.cfg.run.checkpoint_every + 1)
         self.shapes = {m.name: (m.d_out, m.d_in) for m in self.spec.modules}
         self._other_bases: dict[str, Any] = {}  # precision -> LocalTrainer over that base, loaded on first use
+        self._memory_models: dict[str, Any] = {}  # precision -> MemoryModel of a client's step, built once
         self.progress.message(f"model {self.cfg.model.name}: {self.spec.num_parameters / 1e6:.1f}M parameters, "
                               f"{len(self.spec.modules)} LoRA modules; set up in {time.perf_counter() - t0:.1f} s; "
                               f"{threads} CPU threads ({why})")  # fmt: skip
@@ -412,13 +413,18 @@ class Engine:
             self._other_bases[precision] = LocalTrainer(model, tokenizer, build.build_train_config(self.cfg))
         return self._other_bases[precision]
 
-    def _client_record(self, server_round: int, cid: str, payload: Any, work: Any) -> dict:
-        from fedlora.allocation.memory import MemoryModel
+    def _memory_model(self, precision: str) -> Any:
+        if precision not in self._memory_models:
+            from fedlora.allocation.memory import MemoryModel
 
+            self._memory_models[precision] = MemoryModel(self.spec, **{**memory_model_kwargs(self.cfg, self.spec), "quantization": precision})
+        return self._memory_models[precision]
+
+    def _client_record(self, server_round: int, cid: str, payload: Any, work: Any) -> dict:
         plan, precision = payload.plan, self._precision(cid)
         trained = {m: r for m, r in plan.ranks.items() if m in plan.trainable_modules}
         frozen = {m: r for m, r in plan.ranks.items() if m not in trained}
-        memory = MemoryModel(self.spec, **{**memory_model_kwargs(self.cfg, self.spec), "quantization": precision})
+        memory = self._memory_model(precision)
         return {"type": "client", "round": server_round, "client": cid, "rank": max(plan.ranks.values()),
                 "trained_modules": len(plan.trainable_modules), "num_examples": len(self.data.clients[cid]),
                 "bytes_down": payload_bytes(payload), "bytes_up": 0, "sim_seconds": work.seconds,
